@@ -1,0 +1,73 @@
+"""Weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018; DINO)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from harness.config import P
+from harness.data.transforms import eval_transform
+from evals.base import Evaluator
+from evals.features import extract
+
+DINO_KNN = "facebookresearch/dino eval_knn.py"
+
+
+@torch.no_grad()
+def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                ks: list[int], temperature: float, num_classes: int, chunk_size: int = 1024) -> dict[int, torch.Tensor]:
+    """Class scores [N_test, C] for each k: cosine top-k votes weighted by exp(sim / T).
+
+    Features are L2-normalised here. Test rows are processed ``chunk_size`` at a time, so
+    the similarity matrix held at once is chunk_size x N_train, never N_test x N_train.
+    """
+    train = F.normalize(train_feats.float(), dim=1)
+    test = F.normalize(test_feats.float(), dim=1)
+    kmax = min(max(ks), train.shape[0])
+    out = {k: [] for k in ks}
+    for start in range(0, test.shape[0], chunk_size):
+        sim = test[start:start + chunk_size] @ train.t()
+        top_sim, top_idx = sim.topk(kmax, dim=1)  # sorted, most similar first
+        weights = (top_sim / temperature).exp()
+        onehot = F.one_hot(train_labels[top_idx], num_classes).float()  # [n, kmax, C]
+        for k in ks:
+            kk = min(k, kmax)
+            out[k].append((onehot[:, :kk] * weights[:, :kk, None]).sum(dim=1))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+class KNN(Evaluator):
+    name = "knn"
+    protocol = "knn"
+    description = "weighted kNN on L2-normalised frozen features (DINO protocol: T=0.07, k=10/20/100/200)"
+    source = DINO_KNN
+    default_preset = "dino"
+    presets = {
+        "dino": {
+            "ks": P([10, 20, 100, 200], DINO_KNN),
+            "k": P(20, f"{DINO_KNN}: headline k"),
+            "temperature": P(0.07, DINO_KNN),
+            "chunk_size": P(1024, "harness choice: bounds memory to chunk x N_train"),
+            "batch_size": P(256, "harness choice (feature extraction only)"),
+        },
+    }
+
+    def run(self, method, suite, device, out_dir):
+        p = self.params
+        size = self.cfg["data.image_size"]
+        tf = eval_transform(size, self.cfg["data.eval_resize_ratio"])
+        train = suite.split("train", tf)
+        val = suite.split("val", tf)
+        ftr, ytr = extract(method, train, device, p["batch_size"], "knn: train features")
+        fte, yte = extract(method, val, device, p["batch_size"], "knn: val features")
+        ks = sorted(set(int(k) for k in p["ks"]) | {int(p["k"])})
+        scores = knn_predict(ftr, ytr, fte, ks, float(p["temperature"]), len(train.classes), int(p["chunk_size"]))
+        metrics = {}
+        n = len(yte)
+        for k, s in scores.items():
+            top = s.topk(min(5, s.shape[1]), dim=1).indices
+            hit = top == yte[:, None]
+            metrics[f"k{k}_top1"] = 100.0 * hit[:, 0].sum().item() / n
+            metrics[f"k{k}_top5"] = 100.0 * hit.any(dim=1).sum().item() / n
+        metrics["top1"] = metrics[f"k{int(p['k'])}_top1"]
+        metrics["top5"] = metrics[f"k{int(p['k'])}_top5"]
+        return metrics

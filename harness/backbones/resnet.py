@@ -1,0 +1,98 @@
+"""ResNet v1 (He et al. 2016) with a channel width multiplier and a choice of normalisation.
+
+torchvision's residual blocks are reused; only the stage layout is rebuilt here, because
+torchvision fixes the stage widths (64..512) while SSL studies scale them (Kolesnikov et
+al. 2019; SimCLR's 2x/4x).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from harness.errors import UsageError
+
+NORMS = ("batch", "layer", "group")
+
+
+def norm_layer(kind: str):
+    if kind == "batch":
+        return nn.BatchNorm2d
+    if kind == "layer":
+        # Layer norm over (C, H, W) per sample, as CPC v2 uses to stop patches of one image
+        # communicating through batch statistics (Hénaff et al. 2019, Sec. 4.1).
+        return partial(nn.GroupNorm, 1)
+    if kind == "group":
+        return lambda c: nn.GroupNorm(min(32, c), c)
+    raise UsageError(f"backbone.norm={kind!r}: expected one of {', '.join(NORMS)}")
+
+
+class ResNet(nn.Module):
+    def __init__(self, block, layers, width: float = 1, base: int = 64, norm: str = "batch", small_input: bool = False, in_chans: int = 3):
+        super().__init__()
+        if width <= 0:
+            raise UsageError(f"backbone.width={width}: expected a positive multiplier")
+        norm_fn = norm_layer(norm)
+        self._norm = norm_fn
+        self.inplanes = int(round(base * width))
+        if small_input:
+            # CIFAR-style stem for 32px inputs: a 7x7/2 conv and max-pool would leave 8x8 maps.
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, self.inplanes, 3, 1, 1, bias=False), norm_fn(self.inplanes), nn.ReLU(inplace=True)
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, self.inplanes, 7, 2, 3, bias=False), norm_fn(self.inplanes), nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
+            )
+        widths = [int(round(base * width * m)) for m in (1, 2, 4, 8)]
+        self.layer1 = self._make_layer(block, widths[0], layers[0], 1)
+        self.layer2 = self._make_layer(block, widths[1], layers[1], 2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], 2)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], 2)
+        self.num_features = widths[3] * block.expansion
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, block, planes, blocks, stride):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                self._norm(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample, norm_layer=self._norm)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, norm_layer=self._norm) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.forward_maps(x)), 1)
+
+
+def resnet18(width: float = 1, norm: str = "batch", small_input: bool = False) -> ResNet:
+    """ResNet-18 v1 (He et al. 2016) with a width multiplier."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], width=width, norm=norm, small_input=small_input)
+
+
+def resnet50(width: float = 1, norm: str = "batch", small_input: bool = False) -> ResNet:
+    """ResNet-50 v1 (He et al. 2016) with a width multiplier (SimCLR's 1x/2x/4x)."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], width=width, norm=norm, small_input=small_input)
+
+
+def resnet_small(width: float = 1, norm: str = "batch", small_input: bool = True) -> ResNet:
+    """A CPU-friendly ResNet (one basic block per stage, 32..256 channels) for the embedded suite."""
+    return ResNet(BasicBlock, [1, 1, 1, 1], width=width, base=32, norm=norm, small_input=small_input)
+
+
+resnet18.description = "ResNet-18 v1 (He et al. 2016), width multiplier"
+resnet50.description = "ResNet-50 v1 (He et al. 2016), width multiplier"
+resnet_small.description = "small ResNet (1 block/stage, 32-256 ch) for CPU runs on the embedded suite"

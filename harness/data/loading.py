@@ -1,0 +1,63 @@
+"""Reproducible data loading: sample order and augmentations as pure functions of the seed.
+
+The order of epoch ``e`` is a permutation drawn from (seed, e), and each sample's
+augmentation from (seed, e, index). Neither depends on the number of loader workers, nor on
+where a resumed run restarts, which is what makes a resumed run equal an uninterrupted one.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from harness.seeding import derive_seed
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation for one epoch, starting at ``start`` (for mid-epoch resume)."""
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True):
+        self.n, self.seed, self.epoch, self.start, self.shuffle = n, seed, epoch, start, shuffle
+
+    def order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, 1, self.epoch))
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self):
+        return iter(self.order()[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+class SeededTransformDataset(Dataset):
+    """Applies ``transform`` to ``base[i]``'s image under an RNG seeded by (seed, epoch, i)."""
+
+    def __init__(self, base, transform, seed: int, indices: list[int] | None = None):
+        self.base, self.transform, self.seed = base, transform, seed
+        self.indices = indices if indices is not None else list(range(len(base)))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        img, label = self.base[self.indices[i]]
+        # fork_rng keeps the seeding local: the trainer's own RNG stream is untouched when
+        # samples are loaded in the main process (num_workers=0).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, 2, self.epoch, self.indices[i]))
+            sample = self.transform(img)
+        return sample, label
+
+
+def subset_indices(n: int, limit: int, seed: int = 0) -> list[int]:
+    """``limit`` indices of ``n`` chosen by a fixed permutation (all of them when limit <= 0)."""
+    if limit <= 0 or limit >= n:
+        return list(range(n))
+    g = torch.Generator().manual_seed(derive_seed(seed, 3))
+    return sorted(torch.randperm(n, generator=g)[:limit].tolist())

@@ -1,0 +1,33 @@
+"""Transforms shared by methods and evaluations."""
+from __future__ import annotations
+
+from torchvision.transforms import v2 as T
+import torch
+
+# ImageNet channel statistics used by torchvision models and every SSL codebase we follow.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_tensor(normalize: bool = True) -> T.Compose:
+    steps = [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
+    if normalize:
+        steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    return T.Compose(steps)
+
+
+def eval_transform(image_size: int, resize_ratio: float = 256 / 224) -> T.Compose:
+    """Resize then centre crop (ImageNet convention: Resize 256 + CenterCrop 224)."""
+    return T.Compose([
+        T.Resize(int(round(image_size * resize_ratio)), antialias=True),
+        T.CenterCrop(image_size),
+        to_tensor(),
+    ])
+
+
+def crop_flip_transform(image_size: int, scale_min: float = 0.08, flip: bool = True) -> T.Compose:
+    """RandomResizedCrop (+ horizontal flip): the standard linear-probe training transform."""
+    steps = [T.RandomResizedCrop(image_size, scale=(scale_min, 1.0), antialias=True)]
+    if flip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps + [to_tensor()])

@@ -1,0 +1,215 @@
+"""One run: resolve config -> pretrain (resumable) -> each eval (cached) -> tracking.
+
+A stage is a pure function of its config and inputs, and leaves its result in the run's
+output directory: re-running the same command resumes pretraining from the last
+checkpoint and skips every eval that already finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness import checkpoint, provenance, registry
+from harness.config import Config, resolve
+from harness.errors import UsageError
+from harness.seeding import derive_seed, seed_everything
+from harness.tracking import Tracker
+from methods.base import recipe_layers
+
+
+@dataclass
+class RunRequest:
+    method: str
+    suite: str = "digits"
+    backbone: str | None = None
+    evals: str = "all"
+    seed: int | None = None
+    epochs: int | None = None
+    output_dir: str | None = None
+    tracking_uri: str | None = None
+    overrides: dict = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)
+
+
+def eval_names(spec: str, suite_cls) -> list[str]:
+    known = registry.evals.names()
+    if spec.strip() == "all":
+        return [e for e in known if e in suite_cls.supported_evals]
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        if n not in known:
+            raise UsageError(f"unknown eval '{n}'; known evals: {', '.join(known)} (or 'all')")
+        if n not in suite_cls.supported_evals:
+            raise UsageError(f"suite '{suite_cls.name}' does not support eval '{n}'; it supports: {', '.join(suite_cls.supported_evals)}")
+    return names
+
+
+def build_config(req: RunRequest) -> tuple[Config, type, type, list[str]]:
+    method_cls = registry.methods.get(req.method)
+    suite_cls = registry.suites.get(req.suite)
+    evals = eval_names(req.evals, suite_cls)
+    overrides = dict(req.overrides)
+    for key, value in (("backbone.name", req.backbone), ("seed", req.seed), ("train.epochs", req.epochs)):
+        if value is not None:
+            overrides[key] = value
+    overrides["method.name"] = req.method
+    overrides["suite.name"] = req.suite
+    recipe = overrides.get("method.recipe", "default")
+    method_layers = recipe_layers(method_cls, recipe, req.suite)
+    layers = []
+    # Every registered eval contributes its keys (so overrides of any eval are checked);
+    # a preset chosen by the suite or the user selects which published values apply.
+    for name in registry.evals.names():
+        ev = registry.evals.get(name)
+        chosen = overrides.get(f"eval.{name}.preset") or suite_cls.profile.get(f"eval.{name}.preset")
+        layers.append((f"{name} eval preset", ev.config_layer(chosen)))
+    layers += method_layers[:1]
+    layers.append((f"suite '{req.suite}' profile", suite_cls.profile))
+    layers += method_layers[1:]
+    cfg = resolve(layers, overrides)
+    if req.backbone is not None:
+        registry.backbones.get(req.backbone)  # an unknown name fails here, before any work
+    return cfg, method_cls, suite_cls, evals
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, default=None):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def pick_device(cfg: Config) -> torch.device:
+    want = cfg["device"]
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device={want} but no CUDA device is visible; use device=cpu")
+    return torch.device(want)
+
+
+def rerun_args(req: RunRequest, cfg: Config, out_dir: Path, evals: list[str]) -> list[str]:
+    args = ["run", "--method", req.method, "--suite", req.suite, "--backbone", cfg["backbone.name"],
+            "--eval", ",".join(evals), "--seed", str(cfg["seed"]), "--epochs", str(cfg["train.epochs"]),
+            "--output-dir", str(out_dir)]
+    skip = {"backbone.name", "seed", "train.epochs", "method.name", "suite.name"}
+    return args + [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(req.overrides.items()) if k not in skip]
+
+
+def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
+    from harness.trainer import CheckpointHook, MetricsHook, ProgressHook, Trainer
+
+    cfg, method_cls, suite_cls, evals = build_config(req)
+    seed = int(cfg["seed"])
+    out_dir = Path(req.output_dir or Path("runs") / f"{req.method}-{cfg['backbone.name']}-{req.suite}-s{seed}-{cfg.hash[:8]}").resolve()
+    saved = _read_json(out_dir / "config.json")
+    if saved and saved["config_hash"] != cfg.hash:
+        raise UsageError(f"{out_dir} holds a run with a different config (hash {saved['config_hash'][:8]}, this one {cfg.hash[:8]}); choose another --output-dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "config.json", cfg.to_dict())
+    (out_dir / "config.yaml").write_text(cfg.to_yaml())
+
+    suite = suite_cls(root=cfg["suite.root"], image_size=cfg["data.image_size"])
+    log(f"[harness] suite '{req.suite}': preparing data")
+    suite.prepare()
+    data_hash = suite.content_hash()
+    device = pick_device(cfg)
+    tracker = Tracker(req.tracking_uri)
+    commit, dirty = provenance.git_state()
+    state = _read_json(out_dir / "state.json", {"evals": {}})
+    identity = {
+        "harness.method": req.method, "harness.recipe": cfg["method.recipe"], "harness.backbone": cfg["backbone.name"],
+        "harness.width": cfg["backbone.width"], "harness.suite": req.suite, "harness.seed": seed,
+        "harness.epochs": cfg["train.epochs"], "harness.config_hash": cfg.hash,
+        "harness.command": provenance.rerun_command(rerun_args(req, cfg, out_dir, evals)),
+        "harness.git_commit": commit, "harness.git_dirty": dirty, "harness.dataset_hash": data_hash,
+        "harness.device": provenance.device_description(device), "harness.deterministic": cfg["train.deterministic"],
+        "harness.versions": json.dumps(provenance.package_versions(), sort_keys=True),
+        "harness.slurm_job_id": provenance.slurm_job_id(), "harness.output_dir": str(out_dir),
+    }
+    if not tracker.run_exists(state.get("parent_run_id")):
+        state["parent_run_id"] = tracker.create_run(
+            f"{req.method}/{cfg['backbone.name']}/{req.suite}/s{seed}", {**identity, "harness.stage": "pretrain"}, cfg.values)
+        state["evals"] = {}
+        _write_json(out_dir / "state.json", state)
+    parent = state["parent_run_id"]
+    log(f"[harness] output: {out_dir}\n[harness] mlflow run {parent} at {tracker.uri}")
+
+    # -- pretrain ---------------------------------------------------------------------
+    deterministic = bool(cfg["train.deterministic"]) and device.type == "cpu" or bool(cfg["train.deterministic"]) and cfg["device"] != "auto"
+    seed_everything(seed, deterministic)
+    method = method_cls(cfg)
+    ckpt_dir = out_dir / "checkpoints"
+    final = out_dir / "pretrain" / "method.pt"
+    if final.exists():
+        log("[harness] pretraining already finished: using its final weights")
+    else:
+        train_base = suite.split("train")
+        from harness.data.loading import SeededTransformDataset, subset_indices
+        idx = subset_indices(len(train_base), int(cfg["data.train_subset"]))
+        dataset = SeededTransformDataset(train_base, method.train_transform(), derive_seed(seed, 0), idx)
+        trainer = Trainer(
+            method, dataset, cfg.section("train"), seed, ckpt_dir, device,
+            hooks=[ProgressHook(f"pretrain {req.method}"), CheckpointHook(cfg["train.checkpoint_every"]),
+                   MetricsHook(lambda rows: tracker.log_metrics(parent, rows), cfg["train.log_every"])],
+            num_workers=int(cfg["data.num_workers"]),
+        )
+        if checkpoint.latest(ckpt_dir):
+            log(f"[harness] resuming pretraining from {checkpoint.latest(ckpt_dir)}")
+        trainer.fit()
+        if trainer.resumed_from is not None:
+            tracker.set_tags(parent, {"harness.resumed_from_step": trainer.resumed_from})
+        checkpoint.save_atomic({"method": method.state_dict(), "history": torch.tensor(trainer.history, dtype=torch.float64)}, final)
+        backbone_path = out_dir / "pretrain" / "backbone.pt"
+        checkpoint.save_atomic(method.backbone.state_dict(), backbone_path)
+        tracker.log_artifact(parent, out_dir / "config.yaml")
+        tracker.log_artifact(parent, backbone_path)
+        (ckpt_dir / checkpoint.LAST).unlink(missing_ok=True)  # the final weights supersede it
+    final_state = checkpoint.load(final)
+    history = final_state["history"].tolist()
+
+    # -- evals ------------------------------------------------------------------------
+    results: dict[str, dict[str, float]] = {}
+    for i, name in enumerate(evals):
+        ev_cls = registry.evals.get(name)
+        ev = ev_cls(cfg)
+        metrics_path = out_dir / "evals" / name / "metrics.json"
+        cached = _read_json(metrics_path)
+        if cached is not None:
+            log(f"[harness] eval '{name}' already finished: cached")
+            results[name] = cached["metrics"]
+            continue
+        method.load_state_dict(final_state["method"])
+        method.to(device)
+        seed_everything(derive_seed(seed, 100 + i), deterministic)
+        child = state["evals"].get(name)
+        if not tracker.run_exists(child):
+            child = tracker.create_run(
+                f"{name}/{ev.preset}", {**identity, "harness.stage": "eval", "harness.eval": name,
+                                        "harness.protocol": ev_cls.protocol, "harness.preset": ev.preset},
+                cfg.section(f"eval.{name}"), parent_id=parent)
+            state["evals"][name] = child
+            _write_json(out_dir / "state.json", state)
+        log(f"[harness] eval '{name}' (preset {ev.preset})")
+        metrics = ev.run(method, suite, device, metrics_path.parent)
+        tracker.log_metrics(child, [(0, metrics)])
+        tracker.finish(child)
+        _write_json(metrics_path, {"metrics": metrics, "protocol": ev_cls.protocol, "preset": ev.preset, "config_hash": cfg.hash})
+        results[name] = metrics
+    tracker.finish(parent)
+    _write_json(out_dir / "results.json", {"results": results, "pretrain_loss": history, "config_hash": cfg.hash})
+    for name, m in results.items():
+        ev_cls = registry.evals.get(name)
+        log(f"[harness] {req.method} {name} ({cfg[f'eval.{name}.preset']}): top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%")
+    return results

@@ -1,0 +1,52 @@
+"""What a run was made from: code version, packages, device, data, and how to re-run it."""
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("ssl-harness", "torch", "torchvision", "numpy", "mlflow", "scikit-learn", "scikit-image")
+
+
+def git_state(path: Path | None = None) -> tuple[str, bool]:
+    """(commit, dirty) of the repository holding the harness code; ('unknown', False) outside git."""
+    path = path or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return "unknown", False
+        status = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+        return commit.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown", False
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.machine()}:{torch.get_num_threads()} threads"
+
+
+def slurm_job_id() -> str:
+    return os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}" \
+        or os.environ.get("SLURM_JOB_ID", "")
+
+
+def rerun_command(args: list[str]) -> str:
+    return shlex.join(["harness", *args])

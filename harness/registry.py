@@ -1,0 +1,71 @@
+"""Plugin registries over entry points.
+
+Built-ins register through the same entry-point groups a third-party package uses
+(``harness.methods``, ``harness.evals``, ``harness.backbones``, ``harness.suites``), so a
+plugin needs nothing but a line in its own ``pyproject.toml``. Loading is lazy: listing
+names imports nothing; ``get`` imports only the plugin asked for.
+"""
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
+
+from harness.errors import UsageError
+
+GROUPS = {
+    "methods": "harness.methods",
+    "evals": "harness.evals",
+    "backbones": "harness.backbones",
+    "suites": "harness.suites",
+}
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.group = GROUPS[kind]
+        self._eps: dict[str, EntryPoint] | None = None
+        self._loaded: dict[str, object] = {}
+
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        if self._eps is None:
+            found: dict[str, EntryPoint] = {}
+            for ep in entry_points(group=self.group):
+                if ep.name in found and found[ep.name].value != ep.value:
+                    # Two packages claiming one name would make results depend on install order.
+                    raise UsageError(
+                        f"duplicate {self.kind[:-1]} name '{ep.name}': registered by both "
+                        f"'{found[ep.name].value}' and '{ep.value}'; uninstall one of them"
+                    )
+                found[ep.name] = ep
+            self._eps = dict(sorted(found.items()))
+        return self._eps
+
+    def names(self) -> list[str]:
+        return list(self._entry_points())
+
+    def get(self, name: str):
+        if name in self._loaded:
+            return self._loaded[name]
+        eps = self._entry_points()
+        if name not in eps:
+            known = ", ".join(eps) or "(none installed)"
+            raise UsageError(f"unknown {self.kind[:-1]} '{name}'; known {self.kind}: {known}")
+        obj = eps[name].load()
+        self._loaded[name] = obj
+        return obj
+
+    def describe(self, name: str) -> str:
+        obj = self.get(name)
+        desc = getattr(obj, "description", None) or (obj.__doc__ or "").strip().splitlines()[0:1]
+        if isinstance(desc, list):
+            desc = desc[0] if desc else ""
+        source = getattr(obj, "source", "")
+        return f"{desc} [{source}]" if source else str(desc)
+
+
+methods = Registry("methods")
+evals = Registry("evals")
+backbones = Registry("backbones")
+suites = Registry("suites")
+
+REGISTRIES = {"methods": methods, "evals": evals, "backbones": backbones, "suites": suites}

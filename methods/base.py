@@ -1,0 +1,82 @@
+"""The method plugin interface.
+
+A method is small: it declares recipes (hyperparameters with their sources), how it makes
+views and pretext targets from one image, its heads, and its loss. The trainer owns the
+loop, optimizer, schedules, AMP, checkpointing and logging.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from harness import registry
+from harness.backbones import create_backbone
+from harness.config import Config, P
+
+
+class Method(nn.Module):
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    source: ClassVar[str] = ""
+    # recipe name -> flat dotted config values (``P(value, source)`` for cited ones).
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+    # suite name -> values that adapt the recipe to that suite's budget and image size.
+    suite_profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+
+    # -- construction helpers -------------------------------------------------------------
+    def build_backbone(self, input_size: int, **overrides) -> nn.Module:
+        """The configured backbone, told whether its input is small (CIFAR-style stem)."""
+        name = self.cfg["backbone.name"]
+        kwargs = {"width": self.cfg["backbone.width"], "norm": self.cfg["backbone.norm"]}
+        params = inspect.signature(registry.backbones.get(name)).parameters
+        if "small_input" in params:
+            kwargs["small_input"] = input_size <= 64
+        kwargs.update(overrides)
+        return create_backbone(name, **kwargs)
+
+    # -- what the trainer calls -----------------------------------------------------------
+    def train_transform(self) -> Callable:
+        """PIL image -> one training sample (tensor or tuple of tensors). Runs under a
+        per-sample seeded torch RNG, so it may draw from torch's global generator freely."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """A collated batch -> {'loss': scalar, ...other scalars to log}. Labels in the batch
+        are there for supervised baselines; self-supervised methods must ignore them."""
+        raise NotImplementedError
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """After the optimizer step (momentum encoders, queues, schedules of the method)."""
+
+    # -- what the evaluations call --------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] -> representation [B, D] read by linear probes and kNN."""
+        return self.backbone(x)
+
+    @property
+    def num_features(self) -> int:
+        return self.backbone.num_features
+
+
+def recipe_layers(method_cls, cfg_recipe: str, suite: str) -> list[tuple[str, dict]]:
+    """The method's layers for ``resolve``: its recipe, then its profile for ``suite``."""
+    from harness.errors import UsageError
+
+    if cfg_recipe not in method_cls.recipes:
+        raise UsageError(
+            f"method '{method_cls.name}' has no recipe '{cfg_recipe}'; recipes: {', '.join(method_cls.recipes)}"
+        )
+    layers = [(f"{method_cls.name} recipe '{cfg_recipe}'", method_cls.recipes[cfg_recipe])]
+    if suite in method_cls.suite_profiles:
+        layers.append((f"{method_cls.name} profile for suite '{suite}'", method_cls.suite_profiles[suite]))
+    return layers
+
+
+__all__ = ["Method", "P", "recipe_layers"]

@@ -1,0 +1,72 @@
+"""RotNet: predict which of four rotations was applied (Gidaris et al., ICLR 2018)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.config import Config, P
+from harness.data.transforms import crop_flip_transform
+from methods.base import Method
+
+GIDARIS = "Gidaris et al. 2018, Sec. 3 / CIFAR-10 setup"
+
+
+def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All four rotations of every image: x [B, C, H, W] -> ([4B, C, H, W], labels [4B]).
+
+    Label r means a counter-clockwise rotation by r * 90 degrees. Images are grouped by
+    rotation (all 0-degree copies first), as the paper trains on all four at once.
+    """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"rotation needs square images, got {tuple(x.shape[-2:])}")
+    views = torch.cat([torch.rot90(x, r, dims=(-2, -1)) for r in range(4)])
+    labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
+    return views, labels
+
+
+class Rotation(Method):
+    name = "rotation"
+    description = "RotNet: 4-way classification of the rotation (0/90/180/270) applied to each image"
+    source = "Gidaris, Singh & Komodakis, ICLR 2018"
+    recipes = {
+        "default": {
+            "backbone.name": P("resnet50", "Kolesnikov et al. 2019 (Revisiting SSL) ResNet-50 v1"),
+            "train.optimizer": P("sgd", GIDARIS),
+            "train.lr": P(0.1, GIDARIS),
+            "train.momentum": P(0.9, GIDARIS),
+            "train.weight_decay": P(5e-4, GIDARIS),
+            "train.batch_size": P(128, f"{GIDARIS} (each image in all 4 rotations)"),
+            "train.epochs": P(100, GIDARIS),
+            "method.crop_scale_min": P(0.08, "harness choice: standard RandomResizedCrop"),
+            "method.flip": P(True, GIDARIS),
+        },
+    }
+    suite_profiles = {
+        "digits": {
+            "backbone.name": "resnet_small",
+            "train.epochs": 15,
+            "train.batch_size": 64,
+            "train.lr": 0.05,
+            "train.warmup_epochs": 1,
+            "method.crop_scale_min": 0.5,
+            # Digits are not mirror-symmetric; a flip would add a label-changing augmentation.
+            "method.flip": False,
+        },
+    }
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.backbone = self.build_backbone(cfg["data.image_size"])
+        self.head = nn.Linear(self.backbone.num_features, 4)
+
+    def train_transform(self):
+        return crop_flip_transform(self.cfg["data.image_size"], self.cfg["method.crop_scale_min"], self.cfg["method.flip"])
+
+    def training_step(self, batch):
+        images, _ = batch
+        views, labels = rotate_batch(images)
+        logits = self.head(self.backbone(views))
+        loss = F.cross_entropy(logits, labels)
+        acc = (logits.argmax(1) == labels).float().mean()
+        return {"loss": loss, "rotation_acc": acc}
