@@ -1,11 +1,9 @@
 """Frozen-feature extraction shared by the kNN and linear evaluations."""
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from harness.progress import progress
 
 
 @torch.no_grad()
@@ -15,7 +13,7 @@ def extract(method, dataset, device: torch.device, batch_size: int = 256, desc: 
     method.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     feats, labels = [], []
-    for x, y in tqdm(loader, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True, leave=False):
+    for x, y in progress(loader, desc=desc, unit="batch", leave=False):
         feats.append(method.features(x.to(device)).float().cpu())
         labels.append(torch.as_tensor(y))
     method.train(was_training)

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from harness.config import P
+from harness.errors import UsageError
 from harness.data.loading import EpochSampler, SeededTransformDataset
 from harness.data.transforms import crop_flip_transform, eval_transform
 from harness.optim import step_decay
+from harness.progress import progress
 from harness.seeding import derive_seed
 from evals.base import Evaluator
 from evals.features import extract, topk_correct
@@ -50,6 +50,7 @@ class LinearProbe(Evaluator):
             "milestones": P([60, 80], f"{MOCO}: lr x0.1 at epochs 60 and 80"),
             "crop_scale_min": P(0.08, f"{MOCO}: RandomResizedCrop default scale"),
             "flip": P(True, MOCO),
+            "feature_norm": P("none", f"{MOCO}: raw pooled features"),
         },
     }
 
@@ -66,17 +67,23 @@ class LinearProbe(Evaluator):
         train = SeededTransformDataset(train_base, crop_flip_transform(size, p["crop_scale_min"], p["flip"]), derive_seed(seed, 10))
         num_classes = len(train_base.classes)
         torch.manual_seed(derive_seed(seed, 11))
-        head = nn.Linear(method.num_features, num_classes).to(device)
+        linear = nn.Linear(method.num_features, num_classes)
         # MoCo initialises the probe with N(0, 0.01) weights and zero bias.
-        nn.init.normal_(head.weight, std=0.01)
-        nn.init.zeros_(head.bias)
+        nn.init.normal_(linear.weight, std=0.01)
+        nn.init.zeros_(linear.bias)
+        if p["feature_norm"] == "batchnorm":
+            head = nn.Sequential(nn.BatchNorm1d(method.num_features, affine=False), linear).to(device)
+        elif p["feature_norm"] == "none":
+            head = linear.to(device)
+        else:
+            raise UsageError(f"eval.linear.feature_norm={p['feature_norm']!r}: expected 'none' or 'batchnorm'")
         opt = torch.optim.SGD(head.parameters(), lr=p["lr"], momentum=p["momentum"], weight_decay=p["weight_decay"])
         bs = int(p["batch_size"])
         steps_per_epoch = max(len(train) // bs, 1)
         epochs = int(p["epochs"])
         schedule = step_decay(float(p["lr"]), epochs * steps_per_epoch, [m * steps_per_epoch for m in p["milestones"]])
         step = 0
-        bar = tqdm(total=epochs * steps_per_epoch, desc="linear probe", unit="step", file=sys.stderr, dynamic_ncols=True)
+        bar = progress(total=epochs * steps_per_epoch, desc="linear probe", unit="step")
         for epoch in range(epochs):
             train.set_epoch(epoch)
             loader = DataLoader(train, batch_size=bs, sampler=EpochSampler(len(train), derive_seed(seed, 12), epoch), drop_last=len(train) >= bs)
@@ -94,6 +101,7 @@ class LinearProbe(Evaluator):
                 bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
         bar.close()
 
+        head.eval()
         val = suite.split("val", eval_transform(size, self.cfg["data.eval_resize_ratio"]))
         feats, labels = extract(method, val, device, bs, "linear: val")
         with torch.no_grad():

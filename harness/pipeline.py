@@ -108,6 +108,7 @@ def rerun_args(req: RunRequest, cfg: Config, out_dir: Path, evals: list[str]) ->
 
 
 def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
+    from harness.data.loading import SeededTransformDataset
     from harness.trainer import CheckpointHook, MetricsHook, ProgressHook, Trainer
 
     cfg, method_cls, suite_cls, evals = build_config(req)
@@ -121,6 +122,7 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
 
     suite = suite_cls(root=cfg["suite.root"], image_size=cfg["data.image_size"])
+    suite.train_subset = int(cfg["data.train_subset"])
     log(f"[harness] suite '{req.suite}': preparing data")
     suite.prepare()
     data_hash = suite.content_hash()
@@ -155,10 +157,7 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
     if final.exists():
         log("[harness] pretraining already finished: using its final weights")
     else:
-        train_base = suite.split("train")
-        from harness.data.loading import SeededTransformDataset, subset_indices
-        idx = subset_indices(len(train_base), int(cfg["data.train_subset"]))
-        dataset = SeededTransformDataset(train_base, method.train_transform(), derive_seed(seed, 0), idx)
+        dataset = SeededTransformDataset(suite.split("train"), method.train_transform(), derive_seed(seed, 0))
         trainer = Trainer(
             method, dataset, cfg.section("train"), seed, ckpt_dir, device,
             hooks=[ProgressHook(f"pretrain {req.method}"), CheckpointHook(cfg["train.checkpoint_every"]),

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from harness import checkpoint, seeding
 from harness.data.loading import EpochSampler, SeededTransformDataset
+from harness.progress import progress
 from harness.optim import build_optimizer, param_groups_no_decay, set_lr, warmup_cosine
 
 
@@ -176,12 +174,11 @@ class CheckpointHook(HookBase):
 class ProgressHook(HookBase):
     """A tqdm bar over the whole run with the running loss and lr."""
 
-    def __init__(self, desc: str = "pretrain", disable: bool | None = None):
+    def __init__(self, desc: str = "pretrain", disable: bool = False):
         self.desc, self.disable, self.bar = desc, disable, None
 
     def before_train(self, trainer):
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc=self.desc, unit="step",
-                        file=sys.stderr, dynamic_ncols=True, disable=self.disable)
+        self.bar = progress(total=trainer.total_steps, initial=trainer.step, desc=self.desc, unit="step", disable=self.disable)
 
     def after_step(self, trainer, logs):
         self.bar.update(1)
@@ -217,4 +214,4 @@ class MetricsHook(HookBase):
             self.buffer = []
 
 
-__all__ = ["Trainer", "HookBase", "CheckpointHook", "ProgressHook", "MetricsHook", "NonFiniteLoss", "np"]
+__all__ = ["Trainer", "HookBase", "CheckpointHook", "ProgressHook", "MetricsHook", "NonFiniteLoss"]

@@ -45,7 +45,8 @@ class Rotation(Method):
     suite_profiles = {
         "digits": {
             "backbone.name": "resnet_small",
-            "train.epochs": 15,
+            "backbone.width": 0.5,
+            "train.epochs": 6,
             "train.batch_size": 64,
             "train.lr": 0.05,
             "train.warmup_epochs": 1,

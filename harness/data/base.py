@@ -26,6 +26,9 @@ class Suite:
         self.root = Path(root).expanduser() if root else None
         self.image_size = int(image_size)
         self.options = options
+        # Set by the pipeline from data.train_subset: a fixed subset of the training split
+        # used everywhere (pretraining, probe training, kNN bank), for quick runs.
+        self.train_subset = 0
 
     def prepare(self) -> Path:
         raise NotImplementedError
@@ -35,4 +38,11 @@ class Suite:
 
     def split(self, split: str, transform=None) -> ImageFolder:
         root = self.prepare()
-        return ImageFolder(str(root / split), transform=transform)
+        ds = ImageFolder(str(root / split), transform=transform)
+        if split == "train" and self.train_subset > 0:
+            from harness.data.loading import subset_indices
+
+            keep = subset_indices(len(ds.samples), self.train_subset)
+            ds.samples = ds.imgs = [ds.samples[i] for i in keep]
+            ds.targets = [s[1] for s in ds.samples]
+        return ds

@@ -1,0 +1,21 @@
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# Tiny budget for end-to-end runs: a 192-image subset, one short epoch, a one-epoch probe.
+TINY = [
+    "data.train_subset=192", "train.batch_size=32", "train.warmup_epochs=0",
+    "eval.linear.epochs=1", "eval.linear.milestones=[]", "eval.knn.ks=[10,20]",
+]
+
+
+@pytest.fixture(autouse=True)
+def _data_cache(tmp_path_factory, monkeypatch):
+    # One generated embedded suite for the whole session, outside the user's cache.
+    cache = tmp_path_factory.getbasetemp() / "data-cache"
+    monkeypatch.setenv("SSL_HARNESS_DATA", str(cache))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield

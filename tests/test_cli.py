@@ -1,0 +1,73 @@
+"""The command line as a user meets it: listings, and one-line errors with exit code 2."""
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_list_shows_every_kind_with_descriptions(capsys):
+    code, out, _ = run_cli(["list"], capsys)
+    assert code == 0
+    for kind, name in [("methods", "cpc_v2"), ("methods", "rotation"), ("evals", "linear"), ("evals", "knn"),
+                       ("backbones", "resnet50"), ("backbones", "resnet_small"), ("suites", "digits"), ("suites", "imagenet")]:
+        assert f"{kind}:" in out
+        line = next(l for l in out.splitlines() if l.strip().startswith(name + " "))
+        assert len(line.split(None, 1)[1]) > 10  # a real description follows the name
+
+
+def test_unknown_method_is_one_line_listing_known(capsys):
+    code, out, err = run_cli(["run", "--method", "nope"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "unknown method 'nope'" in err and "cpc_v2" in err and "rotation" in err
+
+
+def test_imagenet_without_root_names_layout(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["run", "--method", "rotation", "--suite", "imagenet"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "train/<wnid>" in err and "val" in err
+    assert not (tmp_path / "mlflow.db").exists()  # failed before any tracking
+
+
+def test_unknown_override_names_close_matches(capsys):
+    code, _, err = run_cli(["run", "--method", "rotation", "--print-config", "train.lrr=0.1"], capsys)
+    assert code == 2
+    assert "unknown config key 'train.lrr'" in err and "train.lr" in err
+
+
+def test_override_type_is_checked(capsys):
+    code, _, err = run_cli(["run", "--method", "rotation", "--print-config", "train.lr=fast"], capsys)
+    assert code == 2 and "expected a number" in err
+
+
+def test_unknown_eval_and_backbone(capsys):
+    code, _, err = run_cli(["run", "--method", "rotation", "--eval", "linear,nope", "--print-config"], capsys)
+    assert code == 2 and "unknown eval 'nope'" in err and "knn" in err
+    code, _, err = run_cli(["run", "--method", "rotation", "--backbone", "resnet9000", "--print-config"], capsys)
+    assert code == 2 and "unknown backbone 'resnet9000'" in err and "resnet50" in err
+
+
+def test_print_config_shows_layers_and_sources(capsys):
+    code, out, _ = run_cli(["run", "--method", "cpc_v2", "--print-config", "train.lr=0.01"], capsys)
+    assert code == 0
+    lines = {l.split()[0]: l for l in out.splitlines() if not l.startswith("#")}
+    assert "command line" in lines["train.lr"] and "0.01" in lines["train.lr"]
+    assert "layer norm" in lines["backbone.norm"]  # the paper's recipe, with its citation
+    assert "profile for suite 'digits'" in lines["method.patch_size"]
+    assert "moco" in lines["eval.linear.lr"] or "digits" in lines["eval.linear.lr"]
+
+
+def test_console_script_exits_2_without_traceback():
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--method", "nope"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
