@@ -145,7 +145,7 @@ class CPCv2(Method):
             "method.color_drop_p": 0.5,
             "train.batch_size": 64,
             "train.lr": 2e-3,
-            "train.epochs": 6,
+            "train.epochs": 8,
             "train.warmup_epochs": 1,
         },
     }

@@ -187,7 +187,7 @@ def test_digits_race_both_end_with_valid_cache(tmp_path):
 
 def test_digits_defaults(tmp_path):
     suite = DigitsSuite(root=tmp_path)
-    assert DigitsSuite.profile == {"data.image_size": 32}
+    assert DigitsSuite.profile["data.image_size"] == 32
     assert suite.image_size == 32
     root = suite.prepare()
     assert root == tmp_path / "digits-v1-32px-t2-v1"
