@@ -55,7 +55,7 @@ DEFAULTS: dict[str, P] = {
     "train.min_lr_ratio": P(0.0, HARNESS),
     "train.grad_clip": P(0.0, "harness default (0 = no clipping)"),
     "train.amp": P(True, "harness default (used on GPU only)"),
-    "train.deterministic": P(True, "DESIGN.md: deterministic algorithms by default on CPU"),
+    "train.deterministic": P(None, "DESIGN.md: deterministic algorithms; null = on for CPU, off for GPU"),
     "train.checkpoint_every": P(200, "harness default (steps)"),
     "train.log_every": P(10, "harness default (steps)"),
     "device": P("auto", "harness default (cuda if available, else cpu)"),

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,11 +108,15 @@ def rerun_args(req: RunRequest, cfg: Config, out_dir: Path, evals: list[str]) ->
 
 
 def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
-    from harness.data.loading import SeededTransformDataset
-    from harness.trainer import CheckpointHook, MetricsHook, ProgressHook, Trainer
-
     cfg, method_cls, suite_cls, evals = build_config(req)
     seed = int(cfg["seed"])
+    # Data first: a missing dataset fails before anything is written or tracked.
+    suite = suite_cls(root=cfg["suite.root"], image_size=cfg["data.image_size"])
+    suite.train_subset = int(cfg["data.train_subset"])
+    log(f"[harness] suite '{req.suite}': preparing data")
+    suite.prepare()
+    data_hash = suite.content_hash()
+    tracker = Tracker(req.tracking_uri)  # an unreachable server fails here, before any output
     out_dir = Path(req.output_dir or Path("runs") / f"{req.method}-{cfg['backbone.name']}-{req.suite}-s{seed}-{cfg.hash[:8]}").resolve()
     saved = _read_json(out_dir / "config.json")
     if saved and saved["config_hash"] != cfg.hash:
@@ -121,13 +125,9 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
     _write_json(out_dir / "config.json", cfg.to_dict())
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
 
-    suite = suite_cls(root=cfg["suite.root"], image_size=cfg["data.image_size"])
-    suite.train_subset = int(cfg["data.train_subset"])
-    log(f"[harness] suite '{req.suite}': preparing data")
-    suite.prepare()
-    data_hash = suite.content_hash()
     device = pick_device(cfg)
-    tracker = Tracker(req.tracking_uri)
+    det = cfg["train.deterministic"]
+    deterministic = device.type == "cpu" if det is None else bool(det)
     commit, dirty = provenance.git_state()
     state = _read_json(out_dir / "state.json", {"evals": {}})
     identity = {
@@ -136,7 +136,7 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
         "harness.epochs": cfg["train.epochs"], "harness.config_hash": cfg.hash,
         "harness.command": provenance.rerun_command(rerun_args(req, cfg, out_dir, evals)),
         "harness.git_commit": commit, "harness.git_dirty": dirty, "harness.dataset_hash": data_hash,
-        "harness.device": provenance.device_description(device), "harness.deterministic": cfg["train.deterministic"],
+        "harness.device": provenance.device_description(device), "harness.deterministic": deterministic,
         "harness.versions": json.dumps(provenance.package_versions(), sort_keys=True),
         "harness.slurm_job_id": provenance.slurm_job_id(), "harness.output_dir": str(out_dir),
     }
@@ -148,67 +148,78 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
     parent = state["parent_run_id"]
     log(f"[harness] output: {out_dir}\n[harness] mlflow run {parent} at {tracker.uri}")
 
-    # -- pretrain ---------------------------------------------------------------------
-    deterministic = bool(cfg["train.deterministic"]) and device.type == "cpu" or bool(cfg["train.deterministic"]) and cfg["device"] != "auto"
+    with tracker.running(parent):
+        method = _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, parent, log)
+        final_state = checkpoint.load(out_dir / "pretrain" / "method.pt")
+        history = final_state["history"].tolist()
+        results = {}
+        for name in evals:
+            results[name] = _evaluate(name, cfg, method, final_state, suite, out_dir, device, deterministic,
+                                      tracker, parent, identity, state, log)
+    _write_json(out_dir / "results.json", {"results": results, "pretrain_loss": history, "config_hash": cfg.hash})
+    for name, m in results.items():
+        log(f"[harness] {req.method} {name} ({cfg[f'eval.{name}.preset']}): top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%")
+    return results
+
+
+def _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, parent, log):
+    """Pretrain (or resume, or reuse the finished result); returns the method on ``device``."""
+    from harness.data.loading import SeededTransformDataset
+    from harness.trainer import CheckpointHook, MetricsHook, ProgressHook, Trainer
+
+    seed = int(cfg["seed"])
     seed_everything(seed, deterministic)
     method = method_cls(cfg)
     ckpt_dir = out_dir / "checkpoints"
     final = out_dir / "pretrain" / "method.pt"
     if final.exists():
         log("[harness] pretraining already finished: using its final weights")
-    else:
-        dataset = SeededTransformDataset(suite.split("train"), method.train_transform(), derive_seed(seed, 0))
-        trainer = Trainer(
-            method, dataset, cfg.section("train"), seed, ckpt_dir, device,
-            hooks=[ProgressHook(f"pretrain {req.method}"), CheckpointHook(cfg["train.checkpoint_every"]),
-                   MetricsHook(lambda rows: tracker.log_metrics(parent, rows), cfg["train.log_every"])],
-            num_workers=int(cfg["data.num_workers"]),
-        )
-        if checkpoint.latest(ckpt_dir):
-            log(f"[harness] resuming pretraining from {checkpoint.latest(ckpt_dir)}")
-        trainer.fit()
-        if trainer.resumed_from is not None:
-            tracker.set_tags(parent, {"harness.resumed_from_step": trainer.resumed_from})
-        checkpoint.save_atomic({"method": method.state_dict(), "history": torch.tensor(trainer.history, dtype=torch.float64)}, final)
-        backbone_path = out_dir / "pretrain" / "backbone.pt"
-        checkpoint.save_atomic(method.backbone.state_dict(), backbone_path)
-        tracker.log_artifact(parent, out_dir / "config.yaml")
-        tracker.log_artifact(parent, backbone_path)
-        (ckpt_dir / checkpoint.LAST).unlink(missing_ok=True)  # the final weights supersede it
-    final_state = checkpoint.load(final)
-    history = final_state["history"].tolist()
+        return method.to(device)
+    dataset = SeededTransformDataset(suite.split("train"), method.train_transform(), derive_seed(seed, 0))
+    trainer = Trainer(
+        method, dataset, cfg.section("train"), seed, ckpt_dir, device,
+        hooks=[ProgressHook(f"pretrain {cfg['method.name']}"), CheckpointHook(cfg["train.checkpoint_every"]),
+               MetricsHook(lambda rows: tracker.log_metrics(parent, rows), cfg["train.log_every"])],
+        num_workers=int(cfg["data.num_workers"]),
+    )
+    if checkpoint.latest(ckpt_dir):
+        log(f"[harness] resuming pretraining from {checkpoint.latest(ckpt_dir)}")
+    trainer.fit()
+    if trainer.resumed_from is not None:
+        tracker.set_tags(parent, {"harness.resumed_from_step": trainer.resumed_from})
+    checkpoint.save_atomic({"method": method.state_dict(), "history": torch.tensor(trainer.history, dtype=torch.float64)}, final)
+    backbone_path = out_dir / "pretrain" / "backbone.pt"
+    checkpoint.save_atomic(method.backbone.state_dict(), backbone_path)
+    tracker.log_artifact(parent, out_dir / "config.yaml")
+    tracker.log_artifact(parent, backbone_path)
+    (ckpt_dir / checkpoint.LAST).unlink(missing_ok=True)  # the final weights supersede it
+    return method
 
-    # -- evals ------------------------------------------------------------------------
-    results: dict[str, dict[str, float]] = {}
-    for i, name in enumerate(evals):
-        ev_cls = registry.evals.get(name)
-        ev = ev_cls(cfg)
-        metrics_path = out_dir / "evals" / name / "metrics.json"
-        cached = _read_json(metrics_path)
-        if cached is not None:
-            log(f"[harness] eval '{name}' already finished: cached")
-            results[name] = cached["metrics"]
-            continue
-        method.load_state_dict(final_state["method"])
-        method.to(device)
-        seed_everything(derive_seed(seed, 100 + i), deterministic)
-        child = state["evals"].get(name)
-        if not tracker.run_exists(child):
-            child = tracker.create_run(
-                f"{name}/{ev.preset}", {**identity, "harness.stage": "eval", "harness.eval": name,
-                                        "harness.protocol": ev_cls.protocol, "harness.preset": ev.preset},
-                cfg.section(f"eval.{name}"), parent_id=parent)
-            state["evals"][name] = child
-            _write_json(out_dir / "state.json", state)
-        log(f"[harness] eval '{name}' (preset {ev.preset})")
+
+def _evaluate(name, cfg, method, final_state, suite, out_dir, device, deterministic, tracker, parent, identity, state, log):
+    """Run eval ``name`` once per run directory; a finished one is read back from disk."""
+    ev_cls = registry.evals.get(name)
+    ev = ev_cls(cfg)
+    metrics_path = out_dir / "evals" / name / "metrics.json"
+    cached = _read_json(metrics_path)
+    if cached is not None:
+        log(f"[harness] eval '{name}' already finished: cached")
+        return cached["metrics"]
+    # Fresh weights and a seed of the eval's own: no eval depends on which ran before it.
+    method.load_state_dict(final_state["method"])
+    method.to(device)
+    seed_everything(derive_seed(int(cfg["seed"]), 100, zlib.crc32(name.encode())), deterministic)
+    child = state["evals"].get(name)
+    if not tracker.run_exists(child):
+        child = tracker.create_run(
+            f"{name}/{ev.preset}", {**identity, "harness.stage": "eval", "harness.eval": name,
+                                    "harness.protocol": ev_cls.protocol, "harness.preset": ev.preset},
+            cfg.section(f"eval.{name}"), parent_id=parent)
+        state["evals"][name] = child
+        _write_json(out_dir / "state.json", state)
+    log(f"[harness] eval '{name}' (preset {ev.preset})")
+    with tracker.running(child):
         metrics = ev.run(method, suite, device, metrics_path.parent)
         tracker.log_metrics(child, [(0, metrics)])
-        tracker.finish(child)
-        _write_json(metrics_path, {"metrics": metrics, "protocol": ev_cls.protocol, "preset": ev.preset, "config_hash": cfg.hash})
-        results[name] = metrics
-    tracker.finish(parent)
-    _write_json(out_dir / "results.json", {"results": results, "pretrain_loss": history, "config_hash": cfg.hash})
-    for name, m in results.items():
-        ev_cls = registry.evals.get(name)
-        log(f"[harness] {req.method} {name} ({cfg[f'eval.{name}.preset']}): top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%")
-    return results
+    _write_json(metrics_path, {"metrics": metrics, "protocol": ev_cls.protocol, "preset": ev.preset, "config_hash": cfg.hash})
+    return metrics

@@ -55,12 +55,12 @@ class Registry:
         return obj
 
     def describe(self, name: str) -> str:
+        """One line: the plugin's ``description`` (or first docstring line) and its ``source``."""
         obj = self.get(name)
-        desc = getattr(obj, "description", None) or (obj.__doc__ or "").strip().splitlines()[0:1]
-        if isinstance(desc, list):
-            desc = desc[0] if desc else ""
+        doc = (obj.__doc__ or "").strip().splitlines()
+        desc = getattr(obj, "description", None) or (doc[0] if doc else "")
         source = getattr(obj, "source", "")
-        return f"{desc} [{source}]" if source else str(desc)
+        return f"{desc} [{source}]" if source else desc
 
 
 methods = Registry("methods")

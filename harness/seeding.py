@@ -27,6 +27,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         # Deterministic mode also zero-fills every new tensor; results do not depend on that
         # (no kernel reads memory it did not write), and it costs ~20% of a CPU step.
         torch.utils.deterministic.fill_uninitialized_memory = False
+    else:
+        torch.use_deterministic_algorithms(False)
 
 
 def derive_seed(*parts: int) -> int:

@@ -5,6 +5,7 @@ child runs at once without one leaking into another.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -96,6 +97,19 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self._retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+    @contextlib.contextmanager
+    def running(self, run_id: str):
+        """Marks the run FINISHED on success, KILLED on Ctrl-C, FAILED on any other error."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.finish(run_id, "KILLED")
+            raise
+        except BaseException:
+            self.finish(run_id, "FAILED")
+            raise
+        self.finish(run_id)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self._retry(lambda: self.client.set_terminated(run_id, status))

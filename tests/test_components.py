@@ -4,14 +4,13 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 
 from harness.backbones import create_backbone
 from harness.checkpoint import load, save_atomic
 from harness.errors import UsageError
 from harness.optim import LARS, step_decay, warmup_cosine
-from methods.cpc_v2 import RowCausalConv, ContextNetwork, grid_size, patchify
+from methods.cpc_v2 import ContextNetwork, grid_size, patchify
 from methods.losses import cpc_loss
 from methods.rotation import rotate_batch
 
@@ -98,7 +97,6 @@ def test_rotation_targets_are_the_applied_rotations():
     views, labels = rotate_batch(x)
     assert views.shape == (8, 3, 4, 4)
     for v, l in zip(views, labels.tolist()):
-        src = views[labels.tolist().index(0) + (len(views) // 4 and 0)]  # noqa: F841
         # rotating back by -l quarter turns recovers one of the originals
         back = torch.rot90(v, -l, dims=(-2, -1))
         assert any(torch.equal(back, o) for o in x)

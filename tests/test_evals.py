@@ -32,3 +32,40 @@ def test_fingerprint_sees_buffers():
     before = state_fingerprint(m)
     m.train()(torch.randn(8, 3))  # updates running statistics only
     assert state_fingerprint(m) != before
+
+
+@pytest.fixture
+def tiny_probe_setup():
+    from harness.data.digits import DigitsSuite
+    from harness.pipeline import RunRequest, build_config
+    from methods.rotation import Rotation
+
+    cfg = build_config(RunRequest(method="rotation", overrides={
+        "eval.linear.epochs": 1, "eval.linear.milestones": [], "eval.linear.batch_size": 32}))[0]
+    torch.manual_seed(0)
+    method = Rotation(cfg)
+    suite = DigitsSuite(image_size=32)
+    suite.train_subset = 64
+    return cfg, method, suite
+
+
+def test_linear_probe_leaves_backbone_unchanged(tiny_probe_setup, tmp_path):
+    cfg, method, suite = tiny_probe_setup
+    before = state_fingerprint(method)
+    metrics = LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)
+    assert state_fingerprint(method) == before
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
+
+
+def test_linear_probe_catches_a_changed_backbone(tiny_probe_setup, tmp_path):
+    cfg, method, suite = tiny_probe_setup
+    plain = method.features
+
+    def leaky_features(x):
+        with torch.no_grad():
+            method.backbone.stem[0].weight.add_(1e-4)  # a bug that edits the frozen model
+        return plain(x)
+
+    method.features = leaky_features
+    with pytest.raises(BackboneChanged):
+        LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)

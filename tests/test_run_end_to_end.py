@@ -124,3 +124,11 @@ def test_leaderboard_shows_the_run(reference_run, workdir, capsys):
     linear_top1 = results(out)["results"]["linear"]["top1"]
     assert f"{linear_top1:.1f}" in html
     assert str(site / "index.html") in capsys.readouterr().out
+
+
+def test_loader_workers_do_not_change_results(reference_run, workdir):
+    out, uri = reference_run
+    workers = workdir / "workers"
+    assert main(BASE + ["--eval", "knn", "--output-dir", str(workers), "--tracking-uri", uri, *TINY, "data.num_workers=2"]) == 0
+    assert results(workers)["pretrain_loss"] == results(out)["pretrain_loss"]
+    assert results(workers)["results"]["knn"] == results(out)["results"]["knn"]
