@@ -6,7 +6,9 @@ import pandas as pd
 
 from leaderboard.query import HEADLINE_METRICS
 
-KEY_COLUMNS: tuple[str, ...] = ("suite", "method", "backbone")
+# Width and pretraining epochs are part of a row's identity: a random-init baseline
+# (0 epochs) or a wider network must never be averaged into the default entry.
+KEY_COLUMNS: tuple[str, ...] = ("suite", "method", "backbone", "width", "epochs")
 SEP = " · "
 MISSING = "—"
 # Runs still in progress, failed or killed may carry partial metrics; they must
@@ -57,7 +59,7 @@ def _empty_table() -> pd.DataFrame:
 
 
 def leaderboard_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (suite, method, backbone); per (protocol, preset, headline metric)
+    """One row per (suite, method, backbone, width, epochs); per (protocol, preset, headline metric)
     three columns: ``label`` (mean over seeds), ``label · std`` (sample std, NaN for a
     single seed) and ``label · n`` (seeds). ``label`` is ``"protocol · preset · metric"``.
     ``configs`` counts distinct config hashes folded into the row, ``commands`` holds

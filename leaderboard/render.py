@@ -75,8 +75,7 @@ def _suite_sections(table: pd.DataFrame) -> list[dict]:
                 )
             body.append(
                 {
-                    "method": row["method"],
-                    "backbone": row["backbone"],
+                    "key_values": [row[c] for c in KEY_COLUMNS if c != "suite"],
                     "cells": cells,
                     "commands": list(row["commands"]),
                     "configs": int(row["configs"]),
