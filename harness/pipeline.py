@@ -73,6 +73,9 @@ def build_config(req: RunRequest) -> tuple[Config, type, type, list[str]]:
     layers.append((f"suite '{req.suite}' profile", suite_cls.profile))
     layers += method_layers[1:]
     cfg = resolve(layers, overrides)
+    for key in ("train.epochs", "train.batch_size", "data.image_size"):
+        if cfg[key] < (0 if key == "train.epochs" else 1):
+            raise UsageError(f"{key}={cfg[key]}: expected a {'non-negative' if key == 'train.epochs' else 'positive'} integer")
     if req.backbone is not None:
         registry.backbones.get(req.backbone)  # an unknown name fails here, before any work
     return cfg, method_cls, suite_cls, evals
