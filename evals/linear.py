@@ -98,7 +98,7 @@ class LinearProbe(Evaluator):
                 opt.step()
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+                bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch, refresh=False)
         bar.close()
 
         head.eval()

@@ -190,11 +190,13 @@ def _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, p
     trainer.fit()
     if trainer.resumed_from is not None:
         tracker.set_tags(parent, {"harness.resumed_from_step": trainer.resumed_from})
-    checkpoint.save_atomic({"method": method.state_dict(), "history": torch.tensor(trainer.history, dtype=torch.float64)}, final)
     backbone_path = out_dir / "pretrain" / "backbone.pt"
     checkpoint.save_atomic(method.backbone.state_dict(), backbone_path)
     tracker.log_artifact(parent, out_dir / "config.yaml")
     tracker.log_artifact(parent, backbone_path)
+    # Written last: its existence marks the stage finished, so a kill before it redoes the
+    # (idempotent) steps above rather than skipping them.
+    checkpoint.save_atomic({"method": method.state_dict(), "history": torch.tensor(trainer.history, dtype=torch.float64)}, final)
     (ckpt_dir / checkpoint.LAST).unlink(missing_ok=True)  # the final weights supersede it
     return method
 

@@ -184,7 +184,7 @@ class ProgressHook(HookBase):
         self.bar.update(1)
         if trainer.step % 5 == 0 or trainer.step == trainer.total_steps:
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.3g}",
-                                 epoch=f"{trainer.step / trainer.steps_per_epoch:.1f}")
+                                 epoch=f"{trainer.step / trainer.steps_per_epoch:.1f}", refresh=False)
 
     def after_train(self, trainer):
         if self.bar is not None:
