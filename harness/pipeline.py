@@ -18,6 +18,7 @@ import torch
 from harness import checkpoint, provenance, registry
 from harness.config import Config, resolve
 from harness.errors import UsageError
+from harness.plots import loss_curve
 from harness.seeding import derive_seed, seed_everything
 from harness.tracking import Tracker
 from methods.base import recipe_layers
@@ -194,6 +195,11 @@ def _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, p
     checkpoint.save_atomic(method.backbone.state_dict(), backbone_path)
     tracker.log_artifact(parent, out_dir / "config.yaml")
     tracker.log_artifact(parent, backbone_path)
+    if trainer.history:
+        curve = loss_curve(trainer.history, out_dir / "pretrain" / "loss.png",
+                           f"{cfg['method.name']} / {cfg['backbone.name']} / {cfg['suite.name']}, seed {seed}",
+                           trainer.steps_per_epoch)
+        tracker.log_artifact(parent, curve)
     # Written last: its existence marks the stage finished, so a kill before it redoes the
     # (idempotent) steps above rather than skipping them.
     checkpoint.save_atomic({"method": method.state_dict(), "history": torch.tensor(trainer.history, dtype=torch.float64)}, final)

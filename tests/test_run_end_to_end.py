@@ -59,7 +59,8 @@ def test_run_produces_metrics_tracking_and_artifacts(reference_run):
     assert "data.train_subset=192" in tags["harness.command"]
     assert len(client.get_metric_history(parent.info.run_id, "train/loss")) == 6
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"config.yaml", "backbone.pt"} <= artifacts
+    assert {"config.yaml", "backbone.pt", "loss.png"} <= artifacts
+    assert (out / "pretrain" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config_hash"] == tags["harness.config_hash"]
     assert cfg["sources"]["data.train_subset"] == "command line"

@@ -1,0 +1,27 @@
+"""Figures logged with runs: people would rather look at a curve than read 400 numbers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def loss_curve(history: list[float], path: Path, title: str, steps_per_epoch: int | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on clusters and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(history) + 1), history, linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("pretraining loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if steps_per_epoch:
+        for e in range(steps_per_epoch, len(history) + 1, steps_per_epoch):
+            ax.axvline(e, color="grey", alpha=0.15, linewidth=0.8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
