@@ -69,3 +69,11 @@ def test_console_script_exits_2_without_traceback():
     r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--method", "nope"], capture_output=True, text=True)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_unreachable_tracking_server_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["run", "--method", "rotation", "--tracking-uri", "http://127.0.0.1:9"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "tracking server http://127.0.0.1:9 is unreachable" in err
+    assert not (tmp_path / "runs").exists()  # nothing written before the check
