@@ -13,8 +13,14 @@ from harness import registry
 from harness.errors import UsageError
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line, like every other input error, instead of argparse's usage block.
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description="Reproducible self-supervised learning benchmarks.")
+    p = _Parser(prog="harness", description="Reproducible self-supervised learning benchmarks.")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="pretrain a method and evaluate it",

@@ -1,4 +1,5 @@
 """The command line as a user meets it: listings, and one-line errors with exit code 2."""
+import pytest
 import subprocess
 import sys
 
@@ -77,3 +78,11 @@ def test_unreachable_tracking_server_is_a_clear_error(capsys, tmp_path, monkeypa
     assert code == 2 and err.count("\n") == 1
     assert "tracking server http://127.0.0.1:9 is unreachable" in err
     assert not (tmp_path / "runs").exists()  # nothing written before the check
+
+
+@pytest.mark.parametrize("argv", [["run"], ["lst"], ["run", "--method", "rotation", "--seed", "abc"]])
+def test_argument_errors_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "error:" in err
