@@ -49,14 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_run(args) -> int:
+def cmd_run(args, argv: list[str]) -> int:
     from harness.config import parse_override
     from harness.pipeline import RunRequest, build_config, execute
 
     overrides = dict(parse_override(o) for o in args.overrides)
     req = RunRequest(method=args.method, suite=args.suite, backbone=args.backbone, evals=args.evals, seed=args.seed,
                      epochs=args.epochs, output_dir=args.output_dir, tracking_uri=args.tracking_uri,
-                     overrides=overrides, argv=sys.argv[1:])
+                     overrides=overrides, argv=argv)
     if args.print_config:
         cfg = build_config(req)[0]
         width = max(len(k) for k in cfg.values)
@@ -92,10 +92,11 @@ def cmd_leaderboard(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return cmd_run(args)
+            return cmd_run(args, argv)
         if args.command == "list":
             return cmd_list(args)
         return cmd_leaderboard(args)

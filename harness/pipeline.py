@@ -139,6 +139,7 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
         "harness.width": cfg["backbone.width"], "harness.suite": req.suite, "harness.seed": seed,
         "harness.epochs": cfg["train.epochs"], "harness.config_hash": cfg.hash,
         "harness.command": provenance.rerun_command(rerun_args(req, cfg, out_dir, evals)),
+        "harness.invocation": provenance.rerun_command(req.argv) if req.argv else "",
         "harness.git_commit": commit, "harness.git_dirty": dirty, "harness.dataset_hash": data_hash,
         "harness.device": provenance.device_description(device), "harness.deterministic": deterministic,
         "harness.versions": json.dumps(provenance.package_versions(), sort_keys=True),

@@ -1,7 +1,8 @@
 """The command line as a user meets it: listings, and one-line errors with exit code 2."""
-import pytest
 import subprocess
 import sys
+
+import pytest
 
 from harness.cli import main
 

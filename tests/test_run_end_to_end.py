@@ -57,6 +57,7 @@ def test_run_produces_metrics_tracking_and_artifacts(reference_run):
         assert tags.get(key), key
     assert tags["harness.command"].startswith("harness run --method cpc_v2")
     assert "data.train_subset=192" in tags["harness.command"]
+    assert tags["harness.invocation"].startswith("harness run --method cpc_v2 --epochs 1 --output-dir")
     assert len(client.get_metric_history(parent.info.run_id, "train/loss")) == 6
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config.yaml", "backbone.pt", "loss.png"} <= artifacts
