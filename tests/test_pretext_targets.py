@@ -1,0 +1,95 @@
+"""Pretext targets checked against the geometry they claim to encode."""
+import numpy as np
+import pytest
+import torch
+
+from methods.components.patches import Grid, cut_tiles, drop_channels, normalize_tiles
+from methods.components.permutations import max_hamming_permutations, min_pairwise_hamming
+from methods.jigsaw import JigsawTransform, shuffle_tiles, unshuffle_tiles
+from methods.relative_patch import NEIGHBOURS, OFFSETS
+
+
+def coordinate_image(size: int) -> torch.Tensor:
+    """Channel 0 holds each pixel's row, channel 1 its column, channel 2 a constant."""
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    return torch.stack([ys, xs, torch.ones_like(ys)])
+
+
+def test_permutation_set_is_distinct_far_apart_and_fixed():
+    p = max_hamming_permutations(100)
+    assert p.shape == (100, 9)
+    assert all(sorted(row) == list(range(9)) for row in p.tolist())
+    assert len({tuple(r) for r in p.tolist()}) == 100
+    assert min_pairwise_hamming(p) >= 6  # greedy max-min selection keeps puzzles far apart
+    np.testing.assert_array_equal(p, max_hamming_permutations.__wrapped__(100))
+
+
+def test_known_permutation_reassembles_the_image():
+    grid = Grid(3, 10, 10)  # tiles fill their cells: reassembly must give back the image
+    img = torch.rand(3, 30, 30)
+    tiles = cut_tiles(img, grid, jitter=False)
+    perm = torch.from_numpy(max_hamming_permutations(100)[17])
+    shuffled = shuffle_tiles(tiles, perm)
+    assert not torch.equal(shuffled, tiles)
+    restored = unshuffle_tiles(shuffled, perm)
+    rebuilt = restored.view(3, 3, 3, 10, 10).permute(2, 0, 3, 1, 4).reshape(3, 30, 30)
+    torch.testing.assert_close(rebuilt, img)
+
+
+def test_jigsaw_transform_label_matches_its_shuffle():
+    from PIL import Image
+
+    grid = Grid(3, 10, 8)
+    perms = torch.from_numpy(max_hamming_permutations(100))
+    t = JigsawTransform(grid, perms, grey_p=0.0, channel_shift=0)
+    img = Image.fromarray((np.random.default_rng(0).random((30, 30, 3)) * 255).astype(np.uint8))
+    torch.manual_seed(3)
+    tiles, index = t(img)
+    torch.manual_seed(3)
+    tiles2, index2 = t(img)
+    assert index == index2 and torch.equal(tiles, tiles2)  # deterministic under the seed
+    assert tiles.shape == (9, 3, 8, 8)
+    torch.testing.assert_close(tiles.mean(dim=(1, 2, 3)), torch.zeros(9), atol=1e-5, rtol=0)  # per-tile normalised
+
+
+@pytest.mark.parametrize("jitter", [None, 1])
+def test_tiles_keep_gaps_and_stay_in_their_cells(jitter):
+    grid = Grid(3, 10, 6, jitter)
+    img = coordinate_image(30)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        tiles = cut_tiles(img, grid)
+        for k in range(9):
+            y0, x0 = int(tiles[k, 0, 0, 0]), int(tiles[k, 1, 0, 0])
+            r, c = divmod(k, 3)
+            assert r * 10 <= y0 <= r * 10 + 4 and c * 10 <= x0 <= c * 10 + 4
+            if jitter is not None:
+                assert abs(y0 - (r * 10 + 2)) <= jitter and abs(x0 - (c * 10 + 2)) <= jitter
+
+
+def test_relative_patch_labels_match_geometry():
+    grid = Grid(3, 10, 6, jitter=1)
+    img = coordinate_image(30)
+    torch.manual_seed(0)
+    tiles = cut_tiles(img, grid)
+    centre = tiles[4, :2, 0, 0]
+    for label, (dr, dc) in enumerate(OFFSETS):
+        neighbour = tiles[NEIGHBOURS[label], :2, 0, 0]
+        dy, dx = (neighbour - centre).tolist()
+        # The displacement points to the labelled neighbour, up to twice the jitter.
+        assert abs(dy - 10 * dr) <= 2 and abs(dx - 10 * dc) <= 2
+    assert sorted(OFFSETS) == sorted((r, c) for r in (-1, 0, 1) for c in (-1, 0, 1) if (r, c) != (0, 0))
+
+
+def test_colour_dropping_keeps_one_channel():
+    torch.manual_seed(0)
+    tiles = torch.rand(16, 3, 6, 6) + 1.0
+    dropped = drop_channels(tiles)
+    kept = (dropped > 0.5).flatten(2).all(dim=2)  # the kept channel keeps its values > 1
+    assert kept.sum(dim=1).tolist() == [1] * 16
+
+
+def test_normalize_tiles_zero_mean_unit_std():
+    x = normalize_tiles(torch.rand(5, 3, 8, 8) * 7 + 3)
+    torch.testing.assert_close(x.mean(dim=(1, 2, 3)), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x.std(dim=(1, 2, 3)), torch.ones(5), atol=1e-3, rtol=0)
