@@ -18,7 +18,7 @@ import torch
 from harness import checkpoint, provenance, registry
 from harness.config import Config, resolve
 from harness.errors import UsageError
-from harness.plots import loss_curve
+from harness.plots import loss_curve, reconstruction_grid
 from harness.seeding import derive_seed, seed_everything
 from harness.tracking import Tracker
 from methods.base import recipe_layers
@@ -201,6 +201,9 @@ def _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, p
                            f"{cfg['method.name']} / {cfg['backbone.name']} / {cfg['suite.name']}, seed {seed}",
                            trainer.steps_per_epoch)
         tracker.log_artifact(parent, curve)
+    if hasattr(method, "reconstruct"):
+        grid = _reconstruction_grid(method, dataset, device, out_dir / "pretrain" / "reconstructions.png")
+        tracker.log_artifact(parent, grid)
     # Written last: its existence marks the stage finished, so a kill before it redoes the
     # (idempotent) steps above rather than skipping them.
     checkpoint.save_atomic({"method": method.state_dict(), "history": torch.tensor(trainer.history, dtype=torch.float64)}, final)
@@ -235,3 +238,21 @@ def _evaluate(name, cfg, method, final_state, suite, out_dir, device, determinis
         tracker.log_metrics(child, [(0, metrics)])
     _write_json(metrics_path, {"metrics": metrics, "protocol": ev_cls.protocol, "preset": ev.preset, "config_hash": cfg.hash})
     return metrics
+
+
+@torch.no_grad()
+def _reconstruction_grid(method, dataset, device, path: Path, n: int = 8) -> Path:
+    """Input, target and prediction of the first ``n`` training samples: reconstruction
+    methods are judged by eye as much as by number."""
+    from torch.utils.data import default_collate
+
+    was = method.training
+    method.eval()
+    dataset.set_epoch(0)
+    # Spread over the dataset: image folders are sorted by class, the first n share one.
+    picks = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).long().tolist()
+    batch = default_collate([dataset[i] for i in picks])
+    batch = tuple(b.to(device) if torch.is_tensor(b) else [t.to(device) for t in b] for b in batch)
+    inputs, targets, preds = method.reconstruct(batch)
+    method.train(was)
+    return reconstruction_grid(inputs, targets, preds, path)

@@ -25,3 +25,18 @@ def loss_curve(history: list[float], path: Path, title: str, steps_per_epoch: in
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def reconstruction_grid(inputs, targets, predictions, path: Path, upscale: int = 4) -> Path:
+    """Three rows (input, target, prediction) of [N, 3, H, W] images in [0, 1], as one PNG."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.utils import save_image
+
+    rows = torch.cat([inputs, targets, predictions]).detach().float().cpu().clamp(0, 1)
+    if upscale > 1:  # 32px images are unreadable at 1:1
+        rows = F.interpolate(rows, scale_factor=upscale, mode="nearest")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(rows, path, nrow=inputs.shape[0], padding=2, pad_value=1.0)
+    return path

@@ -93,3 +93,36 @@ def test_normalize_tiles_zero_mean_unit_std():
     x = normalize_tiles(torch.rand(5, 3, 8, 8) * 7 + 3)
     torch.testing.assert_close(x.mean(dim=(1, 2, 3)), torch.zeros(5), atol=1e-5, rtol=0)
     torch.testing.assert_close(x.std(dim=(1, 2, 3)), torch.ones(5), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["masking", "salt_pepper"])
+def test_corruption_masks_cover_the_stated_ratio(kind):
+    from methods.denoising_ae import corrupt
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 64, 64) * 0.5 + 0.25  # strictly inside (0, 1): 0 and 1 only come from noise
+    noisy, mask = corrupt(x, kind, 0.3)
+    assert abs(mask.mean().item() - 0.3) < 0.02
+    m = mask.bool().expand_as(x)
+    torch.testing.assert_close(noisy[~m], x[~m])  # untouched pixels unchanged
+    values = set(noisy[m].unique().tolist())
+    assert values == ({0.0} if kind == "masking" else {0.0, 1.0})
+
+
+def test_gaussian_corruption_touches_everything():
+    from methods.denoising_ae import corrupt
+
+    torch.manual_seed(0)
+    x = torch.full((3, 16, 16), 0.5)
+    noisy, mask = corrupt(x, "gaussian", 0.1)
+    assert mask.all() and abs((noisy - x).std().item() - 0.1) < 0.02
+
+
+def test_denoising_loss_weights_corrupted_pixels():
+    from methods.denoising_ae import denoising_loss
+
+    target = torch.zeros(1, 3, 2, 2)
+    recon = torch.ones(1, 3, 2, 2)
+    corrupted = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    # one corrupted pixel (3 channels) at alpha, three clean at beta, over 12 elements
+    assert denoising_loss(recon, target, corrupted, 1.0, 0.5).item() == pytest.approx((3 * 1.0 + 9 * 0.5) / 12)

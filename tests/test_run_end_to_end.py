@@ -134,3 +134,15 @@ def test_loader_workers_do_not_change_results(reference_run, workdir):
     assert main(BASE + ["--eval", "knn", "--output-dir", str(workers), "--tracking-uri", uri, *TINY, "data.num_workers=2"]) == 0
     assert results(workers)["pretrain_loss"] == results(out)["pretrain_loss"]
     assert results(workers)["results"]["knn"] == results(out)["results"]["knn"]
+
+
+def test_reconstruction_method_logs_an_image_grid(workdir):
+    out = workdir / "dae"
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    assert main(["run", "--method", "denoising_ae", "--epochs", "1", "--eval", "knn", "--output-dir", str(out),
+                 "--tracking-uri", uri, *TINY]) == 0
+    png = out / "pretrain" / "reconstructions.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    client = MlflowClient(uri)
+    run_id = json.loads((out / "state.json").read_text())["parent_run_id"]
+    assert "reconstructions.png" in {a.path for a in client.list_artifacts(run_id)}
