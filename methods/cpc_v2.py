@@ -42,8 +42,9 @@ class PatchAugment:
     flips and brightness/contrast jitter vary the rest.
     """
 
-    def __init__(self, image_size: int, patch: int, stride: int, crop_scale_min: float, color_drop_p: float):
-        self.image_size, self.patch, self.stride = image_size, patch, stride
+    def __init__(self, image_size: int, patch: int, stride: int, crop_scale_min: float, color_drop_p: float,
+                 per_patch: bool = True):
+        self.image_size, self.patch, self.stride, self.per_patch = image_size, patch, stride, per_patch
         self.image_aug = T.Compose([
             T.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), antialias=True),
             T.ToImage(), T.ToDtype(torch.float32, scale=True),
@@ -56,6 +57,8 @@ class PatchAugment:
         x = self.image_aug(img)
         g = grid_size(self.image_size, self.patch, self.stride)
         patches = patchify(x[None], self.patch, self.stride)[0].reshape(g * g, 3, self.patch, self.patch)
+        if not self.per_patch:  # CPC v1: the image is cropped, its patches are left alone
+            return ((patches - self.mean) / self.std).contiguous()
         n = patches.shape[0]
         flip = torch.rand(n) < 0.5
         patches = torch.where(flip.view(n, 1, 1, 1), patches.flip(-1), patches)
@@ -119,6 +122,7 @@ class CPCv2(Method):
             "method.context_dim": P(256, "harness choice"),
             "method.crop_scale_min": P(0.3, "harness choice"),
             "method.color_drop_p": P(1.0, f"{HENAFF}: colour dropping on every patch"),
+            "method.per_patch_aug": P(True, f"{HENAFF}, Sec. 4.1: augmenting each patch independently"),
             "method.temperature": P(1.0, f"{OORD}: unscaled dot-product scores"),
             "train.optimizer": P("adamw", "harness choice (the paper trains with Adam)"),
             "train.lr": P(4e-4, "harness choice"),
@@ -165,7 +169,8 @@ class CPCv2(Method):
 
     def train_transform(self):
         c = self.cfg
-        return PatchAugment(int(c["data.image_size"]), self.patch, self.stride, float(c["method.crop_scale_min"]), float(c["method.color_drop_p"]))
+        return PatchAugment(int(c["data.image_size"]), self.patch, self.stride, float(c["method.crop_scale_min"]),
+                            float(c["method.color_drop_p"]), bool(c["method.per_patch_aug"]))
 
     def encode_grid(self, patches: torch.Tensor) -> torch.Tensor:
         """[B, G*G, 3, p, p] -> embeddings [B, D, G, G]."""

@@ -8,7 +8,7 @@ from torchvision.transforms import v2 as T
 
 from harness.config import Config, P
 from methods.base import Method
-from methods.components.patches import Grid, channel_jitter, cut_tiles, normalize_tiles, random_grayscale
+from methods.components.patches import Grid, grid_tile_features, channel_jitter, cut_tiles, normalize_tiles, random_grayscale
 from methods.components.permutations import max_hamming_permutations
 
 NOROOZI = "Noroozi & Favaro 2016"
@@ -110,3 +110,7 @@ class Jigsaw(Method):
         logits = self.head(z)
         loss = jigsaw_loss(logits, index)
         return {"loss": loss, "jigsaw_acc": (logits.argmax(1) == index).float().mean()}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean embedding of the centred grid of tiles (the network never saw whole images)."""
+        return grid_tile_features(self.backbone, x, self.grid)

@@ -9,7 +9,7 @@ from torchvision.transforms import v2 as T
 
 from harness.config import Config, P
 from methods.base import Method
-from methods.components.patches import Grid, cut_tiles, drop_channels, normalize_tiles
+from methods.components.patches import Grid, grid_tile_features, cut_tiles, drop_channels, normalize_tiles
 
 DOERSCH = "Doersch et al. 2015"
 
@@ -96,3 +96,7 @@ class RelativePatch(Method):
         z = self.backbone(pair.flatten(0, 1)).view(b, -1)  # [centre ; neighbour] embeddings
         logits = self.head(z)
         return {"loss": relative_patch_loss(logits, label), "position_acc": (logits.argmax(1) == label).float().mean()}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean embedding of the centred grid of tiles (the network never saw whole images)."""
+        return grid_tile_features(self.backbone, x, self.grid)

@@ -126,3 +126,21 @@ def test_denoising_loss_weights_corrupted_pixels():
     corrupted = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
     # one corrupted pixel (3 channels) at alpha, three clean at beta, over 12 elements
     assert denoising_loss(recon, target, corrupted, 1.0, 0.5).item() == pytest.approx((3 * 1.0 + 9 * 0.5) / 12)
+
+
+def test_grid_tile_features_average_centred_tiles():
+    from methods.components.patches import grid_tile_features
+
+    grid = Grid(3, 10, 6)
+    seen = []
+
+    def backbone(tiles):
+        seen.append(tiles)
+        return tiles.flatten(1)[:, :1]  # first pixel of each tile
+
+    x = torch.randn(2, 3, 32, 32)
+    out = grid_tile_features(backbone, x, grid)
+    assert seen[0].shape == (18, 3, 6, 6) and out.shape == (2, 1)
+    # Tile (0, 0) of image 0 is the centred 6px tile of the first cell, inside the 30px crop.
+    expected = normalize_tiles(x[:1, :, 1 + 2:1 + 8, 1 + 2:1 + 8])
+    torch.testing.assert_close(seen[0][0], expected[0])

@@ -97,3 +97,19 @@ def random_grayscale(tiles: torch.Tensor, p: float) -> torch.Tensor:
     grey = (0.299 * tiles[:, 0] + 0.587 * tiles[:, 1] + 0.114 * tiles[:, 2]).unsqueeze(1).expand_as(tiles)
     pick = (torch.rand(tiles.shape[0]) < p).view(-1, 1, 1, 1)
     return torch.where(pick, grey, tiles)
+
+
+def grid_tile_features(backbone, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """The representation of a tile-trained network: x [B, C, S, S] (S >= grid.size) ->
+    the mean of the backbone's embeddings of the n*n centred, per-tile normalised tiles
+    [B, D]. The network is read the way it was trained, on tiles, not on whole images."""
+    b, _, s, _ = x.shape
+    top = (s - grid.size) // 2
+    off = (grid.cell - grid.tile) // 2
+    tiles = torch.stack([
+        x[:, :, top + r * grid.cell + off: top + r * grid.cell + off + grid.tile,
+          top + q * grid.cell + off: top + q * grid.cell + off + grid.tile]
+        for r in range(grid.n) for q in range(grid.n)
+    ], dim=1)  # [B, n*n, C, t, t]
+    z = backbone(normalize_tiles(tiles.flatten(0, 1)))
+    return z.view(b, grid.n * grid.n, -1).mean(dim=1)
