@@ -119,7 +119,8 @@ class Trainer:
         return contextlib.nullcontext()
 
     def fit(self) -> list[float]:
-        self.maybe_resume()
+        if not self.maybe_resume():
+            self.method.prepare(self.dataset)
         self.method.train()
         for h in self.hooks:
             h.before_train(self)

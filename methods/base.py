@@ -52,6 +52,11 @@ class Method(nn.Module):
         are there for supervised baselines; self-supervised methods must ignore them."""
         raise NotImplementedError
 
+    def prepare(self, dataset) -> None:
+        """Before the first step of a fresh run (not on resume): statistics a method needs
+        from its training data (e.g. colorization's bin prior). State it computes must live
+        in buffers, so checkpoints carry it."""
+
     def on_step_end(self, step: int, total_steps: int) -> None:
         """After the optimizer step (momentum encoders, queues, schedules of the method)."""
 

@@ -144,3 +144,48 @@ def test_grid_tile_features_average_centred_tiles():
     # Tile (0, 0) of image 0 is the centred 6px tile of the first cell, inside the 30px crop.
     expected = normalize_tiles(x[:1, :, 1 + 2:1 + 8, 1 + 2:1 + 8])
     torch.testing.assert_close(seen[0][0], expected[0])
+
+
+def test_lab_matches_scikit_image_and_round_trips():
+    from skimage.color import rgb2lab
+
+    from methods.components.color import lab_to_rgb, rgb_to_lab
+
+    x = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    ref = torch.from_numpy(rgb2lab(x.permute(0, 2, 3, 1).numpy())).permute(0, 3, 1, 2).float()
+    torch.testing.assert_close(rgb_to_lab(x), ref, atol=1e-3, rtol=0)
+    torch.testing.assert_close(lab_to_rgb(rgb_to_lab(x)), x, atol=1e-4, rtol=0)
+
+
+def test_colorization_bins_round_trip_ab_values():
+    from methods.components.color import annealed_mean, gamut_bins, soft_encode
+
+    centres = gamut_bins(10)
+    assert 200 < len(centres) < 400  # the paper's in-gamut count is 313
+    ab = centres[torch.randperm(len(centres), generator=torch.Generator().manual_seed(0))[:12]]
+    ab = ab.t().reshape(1, 2, 3, 4)  # 12 pixels, each exactly on a bin centre
+    soft = soft_encode(ab, centres)
+    torch.testing.assert_close(soft.sum(dim=1), torch.ones(1, 3, 4))
+    assert ((soft > 0).sum(dim=1) == 5).all()
+    # The nearest bin wins, and decoding the (log) soft targets near T->0 returns the value.
+    nearest = centres[soft.argmax(dim=1)].permute(0, 3, 1, 2)
+    torch.testing.assert_close(nearest, ab)
+    torch.testing.assert_close(annealed_mean(torch.log(soft + 1e-12), centres, 0.01), ab, atol=1e-3, rtol=0)
+    # Off-centre values come back within half a bin diagonal.
+    off = ab + 3.0
+    back = annealed_mean(torch.log(soft_encode(off, centres) + 1e-12), centres, 1.0)
+    assert (back - off).abs().max() < 5.0
+
+
+def test_rebalancing_up_weights_rare_bins():
+    from methods.components.color import gamut_bins, rebalancing_weights
+
+    centres = gamut_bins(10)
+    prior = torch.ones(len(centres))
+    prior[0] = 1000.0
+    w = rebalancing_weights(prior, 0.5, 5.0, centres)
+    assert w[0] < w[1:].min()  # the common bin is down-weighted
+    w0 = rebalancing_weights(prior, 0.5, 0.0)  # without smoothing the expectation is exact
+    p = prior / prior.sum()
+    assert (p * w0).sum().item() == pytest.approx(1.0, abs=1e-4)  # E_prior[w] = 1, as in the paper
+    assert w0[0].item() == pytest.approx(1.0 / ((0.5 * p[0] + 0.5 / len(p)) * (p * (1 / (0.5 * p + 0.5 / len(p)))).sum()).item())
