@@ -189,3 +189,29 @@ def test_rebalancing_up_weights_rare_bins():
     p = prior / prior.sum()
     assert (p * w0).sum().item() == pytest.approx(1.0, abs=1e-4)  # E_prior[w] = 1, as in the paper
     assert w0[0].item() == pytest.approx(1.0 / ((0.5 * p[0] + 0.5 / len(p)) * (p * (1 / (0.5 * p + 0.5 / len(p)))).sum()).item())
+
+
+@pytest.mark.parametrize("kind", ["central", "random_block", "random_region"])
+def test_context_encoder_masks_cover_the_stated_ratio(kind):
+    from methods.context_encoder import make_mask
+
+    torch.manual_seed(0)
+    for _ in range(5):
+        m = make_mask(32, kind, 0.25)
+        assert m.shape == (1, 32, 32) and set(m.unique().tolist()) <= {0.0, 1.0}
+        assert 0.2 <= m.mean().item() <= 0.4
+    if kind == "central":
+        assert m[0, 16, 16] == 1 and m[0, 0, 0] == 0
+
+
+def test_masked_l2_ignores_unmasked_pixels():
+    from methods.context_encoder import masked_l2_loss
+
+    target = torch.zeros(1, 3, 4, 4)
+    pred = torch.zeros(1, 3, 4, 4)
+    pred[..., 0, 0] = 2.0  # wrong, but outside the mask
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 3, 3] = 1
+    assert masked_l2_loss(pred, target, mask).item() == 0.0
+    pred[..., 3, 3] = 1.0
+    assert masked_l2_loss(pred, target, mask).item() == pytest.approx(1.0)
