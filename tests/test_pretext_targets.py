@@ -215,3 +215,27 @@ def test_masked_l2_ignores_unmasked_pixels():
     assert masked_l2_loss(pred, target, mask).item() == 0.0
     pred[..., 3, 3] = 1.0
     assert masked_l2_loss(pred, target, mask).item() == pytest.approx(1.0)
+
+
+def test_split_brain_halves_see_only_their_channels():
+    from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from harness.pipeline import RunRequest, build_config
+    from methods.components.color import lab_to_rgb
+    from methods.split_brain import SplitBrain
+
+    cfg = build_config(RunRequest(method="split_brain"))[0]
+    torch.manual_seed(0)
+    m = SplitBrain(cfg).eval()
+    enc = m.backbone
+    assert enc.num_features == enc.l_net.num_features + enc.ab_net.num_features
+    assert not {id(p) for p in enc.l_net.parameters()} & {id(p) for p in enc.ab_net.parameters()}
+    # Two images with the same lightness and different colour.
+    L = torch.rand(1, 1, 32, 32) * 40 + 30
+    ab1, ab2 = torch.randn(1, 2, 32, 32) * 8, torch.randn(1, 2, 32, 32) * 8
+    norm = lambda rgb: (rgb - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x1, x2 = norm(lab_to_rgb(torch.cat([L, ab1], 1))), norm(lab_to_rgb(torch.cat([L, ab2], 1)))
+    with torch.no_grad():
+        f1, f2 = enc(x1), enc(x2)
+    d = enc.l_net.num_features
+    torch.testing.assert_close(f1[:, :d], f2[:, :d], atol=1e-3, rtol=1e-3)  # the L half is colour-blind
+    assert not torch.allclose(f1[:, d:], f2[:, d:], atol=1e-3)  # the ab half is not
