@@ -239,3 +239,24 @@ def test_split_brain_halves_see_only_their_channels():
     d = enc.l_net.num_features
     torch.testing.assert_close(f1[:, :d], f2[:, :d], atol=1e-3, rtol=1e-3)  # the L half is colour-blind
     assert not torch.allclose(f1[:, d:], f2[:, d:], atol=1e-3)  # the ab half is not
+
+
+def test_exemplar_triplet_loss_against_explicit_triplets():
+    from methods.exemplar import exemplar_triplet_loss
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(3, 2, 4, generator=g)
+    z = torch.nn.functional.normalize(emb.flatten(0, 1), dim=1)
+    ident = [0, 0, 1, 1, 2, 2]
+    terms = []
+    for a in range(6):
+        for p in range(6):
+            for n in range(6):
+                if p != a and ident[p] == ident[a] and ident[n] != ident[a]:
+                    v = max(0.0, (z[a] - z[p]).norm().item() - (z[a] - z[n]).norm().item() + 0.5)
+                    if v > 0:
+                        terms.append(v)
+    assert exemplar_triplet_loss(emb, 0.5).item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    # Copies that coincide and images far apart satisfy every margin: zero loss.
+    far = torch.eye(3).repeat_interleave(2, dim=0).view(3, 2, 3) * 10
+    assert exemplar_triplet_loss(far, 0.5).item() == 0.0
