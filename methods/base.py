@@ -32,12 +32,25 @@ class Method(nn.Module):
 
     # -- construction helpers -------------------------------------------------------------
     def build_backbone(self, input_size: int, **overrides) -> nn.Module:
-        """The configured backbone, told whether its input is small (CIFAR-style stem)."""
+        """The configured backbone, given the options its factory takes: width and norm,
+        whether its input is small (CIFAR-style stem), or the input size (ViTs)."""
+        from harness.config import DEFAULTS
+        from harness.errors import UsageError
+
         name = self.cfg["backbone.name"]
-        kwargs = {"width": self.cfg["backbone.width"], "norm": self.cfg["backbone.norm"]}
         params = inspect.signature(registry.backbones.get(name)).parameters
+        kwargs = {}
+        for key in ("width", "norm"):
+            value = self.cfg[f"backbone.{key}"]
+            if key in params:
+                kwargs[key] = value
+            elif key not in overrides and value != DEFAULTS[f"backbone.{key}"].value:
+                raise UsageError(f"backbone '{name}' has no {key} option (backbone.{key}={value!r}); "
+                                 f"it takes: {', '.join(params)}")
         if "small_input" in params:
             kwargs["small_input"] = input_size <= 64
+        if "img_size" in params:
+            kwargs["img_size"] = input_size
         kwargs.update(overrides)
         return create_backbone(name, **kwargs)
 

@@ -260,3 +260,45 @@ def test_exemplar_triplet_loss_against_explicit_triplets():
     # Copies that coincide and images far apart satisfy every margin: zero loss.
     far = torch.eye(3).repeat_interleave(2, dim=0).view(3, 2, 3) * 10
     assert exemplar_triplet_loss(far, 0.5).item() == 0.0
+
+
+def test_mae_masks_cover_the_stated_ratio_and_restore_order():
+    from methods.mae import random_masking
+
+    torch.manual_seed(0)
+    keep, mask, restore = random_masking(4, 64, 0.75, "cpu")
+    assert keep.shape == (4, 16) and (mask.sum(dim=1) == 48).all()
+    for b in range(4):
+        assert set(keep[b].tolist()) == set(torch.nonzero(mask[b] == 0).flatten().tolist())
+    order = restore.argsort(dim=1)
+    assert torch.equal(torch.gather(order, 1, restore), torch.arange(64).expand(4, -1))
+
+
+def test_mae_patchify_round_trip_and_masked_loss():
+    from methods.mae import mae_loss, patchify, unpatchify
+
+    x = torch.randn(2, 3, 8, 12)
+    p = patchify(x, 4)
+    assert p.shape == (2, 6, 48)
+    torch.testing.assert_close(p[0, 1].view(4, 4, 3).permute(2, 0, 1), x[0, :, 0:4, 4:8])
+    torch.testing.assert_close(unpatchify(p, 4, 8, 12), x)
+    mask = torch.zeros(2, 6)
+    mask[:, 0] = 1
+    pred = p.clone()
+    pred[:, 1:] += 5.0  # errors on visible patches do not count
+    assert mae_loss(pred, p, mask, norm_pix=False).item() == 0.0
+    pred[:, 0] += 1.0
+    assert mae_loss(pred, p, mask, norm_pix=False).item() == pytest.approx(1.0)
+
+
+def test_vit_backbone_matches_timm_and_exposes_maps():
+    import timm
+
+    from harness.backbones import create_backbone
+
+    ours = create_backbone("vit_tiny")
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    small = create_backbone("vit_tiny", img_size=32, patch_size=4)
+    x = torch.randn(2, 3, 32, 32)
+    assert small(x).shape == (2, 192) and small.forward_maps(x).shape == (2, 192, 8, 8)

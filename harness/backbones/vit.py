@@ -1,0 +1,50 @@
+"""Vision Transformers (Dosovitskiy et al. 2021) through timm, in the harness's backbone shape.
+
+``forward`` returns the final-norm class token (the representation MAE and DINO probe);
+``forward_maps`` the patch tokens as a [B, D, h, w] map. Smaller patches serve small images
+(``patch_size=4`` on 32px images gives an 8x8 token grid).
+"""
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}
+
+
+class ViT(nn.Module):
+    def __init__(self, size: str, img_size: int = 224, patch_size: int = 16):
+        super().__init__()
+        dim, depth, heads = SIZES[size]
+        self.vit = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dim, depth=depth,
+                                     num_heads=heads, num_classes=0, global_pool="token")
+        self.num_features = dim
+        self.grid = self.vit.patch_embed.grid_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(x)
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]
+        return tokens.transpose(1, 2).reshape(x.shape[0], self.num_features, *self.grid)
+
+
+def vit_tiny(img_size: int = 224, patch_size: int = 16) -> ViT:
+    """ViT-Tiny (192 dim, 12 blocks, 3 heads), timm."""
+    return ViT("tiny", img_size, patch_size)
+
+
+def vit_small(img_size: int = 224, patch_size: int = 16) -> ViT:
+    """ViT-Small (384 dim, 12 blocks, 6 heads), timm."""
+    return ViT("small", img_size, patch_size)
+
+
+def vit_base(img_size: int = 224, patch_size: int = 16) -> ViT:
+    """ViT-Base (768 dim, 12 blocks, 12 heads), timm."""
+    return ViT("base", img_size, patch_size)
+
+
+vit_tiny.description = "ViT-Tiny/16 (timm); patch_size and img_size configurable"
+vit_small.description = "ViT-Small/16 (timm); patch_size and img_size configurable"
+vit_base.description = "ViT-Base/16 (timm); patch_size and img_size configurable"
