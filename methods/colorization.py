@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import Config, P
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from harness.data.transforms import crop_flip_transform, denormalize
 from methods.base import Method
 from methods.components.color import annealed_mean, gamut_bins, lab_to_rgb, rebalancing_weights, rgb_to_lab, soft_encode
 from methods.components.decoders import ConvDecoder, feature_map_size
@@ -78,10 +78,7 @@ class Colorization(Method):
         self.decoder = ConvDecoder(channels, side, self.out_size, out_channels=q)
 
     def train_transform(self):
-        from torchvision.transforms import v2 as T
-
-        return T.Compose([T.RandomResizedCrop(int(self.cfg["data.image_size"]), scale=(0.5, 1.0), antialias=True),
-                          T.RandomHorizontalFlip(), T.ToImage(), T.ToDtype(torch.float32, scale=True)])
+        return crop_flip_transform(int(self.cfg["data.image_size"]), 0.5, normalize=False)  # Lab targets need raw RGB
 
     @torch.no_grad()
     def prepare(self, dataset) -> None:
@@ -113,9 +110,7 @@ class Colorization(Method):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The network only ever sees lightness: evaluation images are converted to L too."""
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return self.backbone(lightness_input(rgb_to_lab((x * std + mean).clamp(0, 1))))
+        return self.backbone(lightness_input(rgb_to_lab(denormalize(x))))
 
     def reconstruct(self, batch):
         """(grey input, colour target, colourised prediction by the annealed mean)."""

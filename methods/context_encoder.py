@@ -9,7 +9,7 @@ from torch.func import functional_call
 from torchvision.transforms import v2 as T
 
 from harness.config import Config, P
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from harness.errors import UsageError
 from methods.base import Method
 from methods.components.decoders import ConvDecoder, feature_map_size
@@ -151,7 +151,5 @@ class ContextEncoder(Method):
     def reconstruct(self, batch):
         (image, mask), _ = batch
         _, composite = self._inpaint(image, mask)
-        mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1)
-        shown = (image * std + mean).clamp(0, 1)
-        return shown * (1 - mask) + 0.5 * mask, shown, (composite * std + mean).clamp(0, 1)
+        shown = denormalize(image)
+        return shown * (1 - mask) + 0.5 * mask, shown, denormalize(composite)

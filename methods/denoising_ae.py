@@ -7,7 +7,7 @@ import torch
 from torchvision.transforms import v2 as T
 
 from harness.config import Config, P
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from harness.errors import UsageError
 from methods.base import Method
 from methods.components.decoders import ConvDecoder, feature_map_size
@@ -106,9 +106,7 @@ class DenoisingAE(Method):
         """(input shown in [0, 1], target, prediction), each [B, 3, H, W]."""
         (noisy, clean, _), _ = batch
         pred = torch.sigmoid(self.decoder(self.backbone.forward_maps(noisy)))
-        mean = torch.tensor(IMAGENET_MEAN, device=noisy.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=noisy.device).view(1, 3, 1, 1)
-        return (noisy * std + mean).clamp(0, 1), clean, pred
+        return denormalize(noisy), clean, pred
 
     def training_step(self, batch):
         (noisy, clean, mask), _ = batch

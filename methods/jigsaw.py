@@ -91,8 +91,7 @@ class Jigsaw(Method):
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         self.grid = Grid(3, int(cfg["method.cell"]), int(cfg["method.tile"]))
-        if self.grid.size > int(cfg["data.image_size"]):
-            raise ValueError(f"a 3x{self.grid.cell}px grid does not fit in data.image_size={cfg['data.image_size']}")
+        self.grid.check_fits(int(cfg["data.image_size"]))
         self.register_buffer("permutations", torch.from_numpy(max_hamming_permutations(int(cfg["method.permutations"]))),
                              persistent=False)
         self.backbone = self.build_backbone(self.grid.tile)

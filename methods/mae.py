@@ -7,7 +7,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from harness.config import Config, P
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD, crop_flip_transform
+from harness.data.transforms import crop_flip_transform, denormalize
 from harness.errors import UsageError
 from methods.base import Method
 
@@ -166,9 +166,7 @@ class MAE(Method):
         if self.cfg["method.norm_pix_loss"]:  # show predictions in the target's own scale
             pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
         h, w = images.shape[-2:]
-        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-        show = lambda t: (unpatchify(t, self.p, h, w) * std + mean).clamp(0, 1)
         m = mask[..., None]
-        grey = patchify((0.5 - mean) / std * torch.ones_like(images), self.p)
-        return show(target * (1 - m) + grey * m), show(target), show(target * (1 - m) + pred * m)
+        masked = unpatchify(m.expand_as(target), self.p, h, w)  # 1 on masked pixels
+        shown = denormalize(images)
+        return shown * (1 - masked) + 0.5 * masked, shown, denormalize(unpatchify(target * (1 - m) + pred * m, self.p, h, w))

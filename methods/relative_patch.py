@@ -81,8 +81,7 @@ class RelativePatch(Method):
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         self.grid = Grid(3, int(cfg["method.cell"]), int(cfg["method.tile"]), int(cfg["method.jitter"]))
-        if self.grid.size > int(cfg["data.image_size"]):
-            raise ValueError(f"a 3x{self.grid.cell}px grid does not fit in data.image_size={cfg['data.image_size']}")
+        self.grid.check_fits(int(cfg["data.image_size"]))
         self.backbone = self.build_backbone(self.grid.tile)
         d, h = self.backbone.num_features, int(cfg["method.hidden_dim"])
         self.head = nn.Sequential(nn.Linear(2 * d, h), nn.ReLU(inplace=True), nn.Linear(h, 8))

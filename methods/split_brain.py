@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.config import Config, P
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from harness.data.transforms import crop_flip_transform, denormalize
 from methods.base import Method
 from methods.components.color import AB_RANGE, gamut_bins, rgb_to_lab
 from methods.components.decoders import ConvDecoder, feature_map_size
@@ -36,11 +36,9 @@ class SplitBrainEncoder(nn.Module):
         super().__init__()
         self.l_net, self.ab_net = l_net, ab_net
         self.num_features = l_net.num_features + ab_net.num_features
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def _inputs(self, x):
-        return lab_inputs(rgb_to_lab((x * self.std + self.mean).clamp(0, 1)))
+        return lab_inputs(rgb_to_lab(denormalize(x)))
 
     def forward_maps(self, x):
         l_in, ab_in = self._inputs(x)
@@ -90,10 +88,7 @@ class SplitBrain(Method):
         self.l_head = ConvDecoder(channels, side, out, out_channels=int(cfg["method.l_bins"]))
 
     def train_transform(self):
-        from torchvision.transforms import v2 as T
-
-        return T.Compose([T.RandomResizedCrop(int(self.cfg["data.image_size"]), scale=(0.5, 1.0), antialias=True),
-                          T.RandomHorizontalFlip(), T.ToImage(), T.ToDtype(torch.float32, scale=True)])
+        return crop_flip_transform(int(self.cfg["data.image_size"]), 0.5, normalize=False)  # Lab targets need raw RGB
 
     def training_step(self, batch):
         rgb, _ = batch

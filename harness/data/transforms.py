@@ -25,9 +25,17 @@ def eval_transform(image_size: int, resize_ratio: float = 256 / 224) -> T.Compos
     ])
 
 
-def crop_flip_transform(image_size: int, scale_min: float = 0.08, flip: bool = True) -> T.Compose:
-    """RandomResizedCrop (+ horizontal flip): the standard linear-probe training transform."""
+def crop_flip_transform(image_size: int, scale_min: float = 0.08, flip: bool = True, normalize: bool = True) -> T.Compose:
+    """RandomResizedCrop (+ horizontal flip): the standard linear-probe training transform.
+    ``normalize=False`` keeps RGB in [0, 1] for methods that build targets from colour."""
     steps = [T.RandomResizedCrop(image_size, scale=(scale_min, 1.0), antialias=True)]
     if flip:
         steps.append(T.RandomHorizontalFlip())
-    return T.Compose(steps + [to_tensor()])
+    return T.Compose(steps + [to_tensor(normalize)])
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised images [B, 3, H, W] -> RGB in [0, 1] (pictures, colour targets)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)

@@ -38,6 +38,10 @@ class Grid:
     def size(self) -> int:
         return self.n * self.cell
 
+    def check_fits(self, image_size: int) -> None:
+        if self.size > image_size:
+            raise ValueError(f"a {self.n}x{self.cell}px grid ({self.size}px) does not fit in data.image_size={image_size}")
+
 
 def cut_tiles(img: torch.Tensor, grid: Grid, jitter: bool = True) -> torch.Tensor:
     """img [C, S, S] with S >= grid.size -> tiles [n*n, C, tile, tile], row-major.
