@@ -32,6 +32,26 @@ def step_decay(base: float, total_steps: int, milestones: list[int], gamma: floa
     return base * gamma ** k
 
 
+SCHEDULES = ("cosine", "step")
+
+
+def lr_schedule(train: dict, steps_per_epoch: int) -> np.ndarray:
+    """The per-step learning rate of a ``train`` config section: linear warmup, then cosine
+    decay (``train.schedule=cosine``) or x0.1 at each of ``train.decay_epochs`` (``step``,
+    the Revisiting SSL schedule)."""
+    total = int(train["epochs"]) * steps_per_epoch
+    base = float(train["lr"])
+    warmup = min(int(round(float(train["warmup_epochs"]) * steps_per_epoch)), max(total, 1))
+    kind = train.get("schedule", "cosine")
+    if kind == "cosine":
+        return warmup_cosine(base, total, warmup, base * float(train["min_lr_ratio"]))
+    if kind == "step":
+        sched = step_decay(base, total, [int(e * steps_per_epoch) for e in train.get("decay_epochs") or []])
+        sched[:warmup] = np.linspace(0.0, base, warmup, endpoint=False)
+        return sched
+    raise UsageError(f"train.schedule={kind!r}: expected one of {', '.join(SCHEDULES)}")
+
+
 class LARS(torch.optim.Optimizer):
     """LARS (You et al. 2017) as used by SimCLR and BYOL.
 

@@ -175,6 +175,7 @@ def _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, p
     seed = int(cfg["seed"])
     seed_everything(seed, deterministic)
     method = method_cls(cfg)
+    method.num_features  # an unreadable backbone.probe_layer fails now, not after pretraining
     ckpt_dir = out_dir / "checkpoints"
     final = out_dir / "pretrain" / "method.pt"
     if final.exists():

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from harness import checkpoint, seeding
 from harness.data.loading import EpochSampler, SeededTransformDataset
 from harness.progress import progress
-from harness.optim import build_optimizer, param_groups_no_decay, set_lr, warmup_cosine
+from harness.optim import build_optimizer, lr_schedule, param_groups_no_decay, set_lr
 
 
 class NonFiniteLoss(RuntimeError):
@@ -54,10 +54,7 @@ class Trainer:
         self.steps_per_epoch = len(dataset) // self.batch_size
         self.epochs = int(train["epochs"])
         self.total_steps = self.epochs * self.steps_per_epoch
-        self.lr_schedule = warmup_cosine(
-            float(train["lr"]), self.total_steps, int(round(train["warmup_epochs"] * self.steps_per_epoch)),
-            float(train["lr"]) * float(train["min_lr_ratio"]),
-        )
+        self.lr_schedule = lr_schedule(train, self.steps_per_epoch)
         self.optimizer = build_optimizer(param_groups_no_decay(self.method, float(train["weight_decay"])), train)
         self.use_amp = bool(train["amp"]) and device.type == "cuda"
         self.step = 0

@@ -76,11 +76,42 @@ class Method(nn.Module):
     # -- what the evaluations call --------------------------------------------------------
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] -> representation [B, D] read by linear probes and kNN."""
-        return self.backbone(x)
+        return self.represent(x)
+
+    def represent(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's representation of ``x`` at ``backbone.probe_layer``: the pooled
+        output (``pre_logits``) or a stage's maps, average-pooled (``block1``..``block4``),
+        since which layer is probed changes the ranking of pretext methods (Kolesnikov et
+        al. 2019, Sec. 4.2)."""
+        block = self._probe_block()
+        if block is None:
+            return self.backbone(x)
+        return self.backbone.forward_block(x, block).mean(dim=(2, 3))
+
+    def _probe_block(self) -> int | None:
+        from harness.errors import UsageError
+
+        layer = self.cfg.get("backbone.probe_layer", "pre_logits")
+        if layer == "pre_logits":
+            return None
+        if layer not in PROBE_LAYERS:
+            raise UsageError(f"backbone.probe_layer={layer!r}: expected one of {', '.join(PROBE_LAYERS)}")
+        if not hasattr(self.backbone, "forward_block") or not self.probes_blocks:
+            raise UsageError(f"backbone.probe_layer={layer!r}: method '{self.name}' with backbone "
+                             f"'{self.cfg['backbone.name']}' can only be probed at pre_logits")
+        return PROBE_LAYERS.index(layer)
+
+    # Methods whose representation is not one pass of the backbone over the image (patch
+    # grids, two-network encoders, ViTs) set this False.
+    probes_blocks: ClassVar[bool] = True
 
     @property
     def num_features(self) -> int:
-        return self.backbone.num_features
+        block = self._probe_block()
+        return self.backbone.num_features if block is None else self.backbone.block_channels(block)
+
+
+PROBE_LAYERS = ("pre_logits", "block1", "block2", "block3", "block4")
 
 
 def recipe_layers(method_cls, cfg_recipe: str, suite: str) -> list[tuple[str, dict]]:

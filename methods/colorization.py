@@ -110,7 +110,7 @@ class Colorization(Method):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The network only ever sees lightness: evaluation images are converted to L too."""
-        return self.backbone(lightness_input(rgb_to_lab(denormalize(x))))
+        return self.represent(lightness_input(rgb_to_lab(denormalize(x))))
 
     def reconstruct(self, batch):
         """(grey input, colour target, colourised prediction by the annealed mean)."""

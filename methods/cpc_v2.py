@@ -110,6 +110,7 @@ class CPCv2(Method):
     name = "cpc_v2"
     description = "CPC v2: per-patch augmented grid, masked-conv context, InfoNCE on the rows below"
     source = "Hénaff et al., Data-Efficient Image Recognition with CPC, ICML 2020"
+    probes_blocks = False  # its representation is not one backbone pass over the image
     recipes = {
         "default": {
             "backbone.name": P("resnet50", f"{HENAFF} use ResNet-161; ResNet-50 is the common comparison point"),

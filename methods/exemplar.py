@@ -9,8 +9,8 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from harness.config import Config, P
-from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from methods.base import Method
+from methods.components.patches import normalize_tiles
 
 DOSOVITSKIY = "Dosovitskiy et al. 2014"
 REVISITING = "Kolesnikov et al. 2019"
@@ -40,20 +40,27 @@ def exemplar_triplet_loss(embeddings: torch.Tensor, margin: float) -> torch.Tens
 
 
 class ExemplarViews:
-    """K heavy augmentations of one image: crop/scale, flip, rotation, colour and contrast."""
+    """K heavy augmentations of one image: crop/scale, flip, rotation, colour and contrast,
+    grey with probability ``grayscale_p``, then per-view standardisation.
 
-    def __init__(self, size: int, copies: int):
+    The grey copies and the standardisation follow the Revisiting code
+    (config/exemplar/imagenet.sh: ``to_gray`` with probability 0.66, ``standardization``):
+    without them the identity of an image is told apart by its colour histogram alone.
+    """
+
+    def __init__(self, size: int, copies: int, grayscale_p: float):
         self.copies = copies
         self.aug = T.Compose([
             T.RandomResizedCrop(size, scale=(0.3, 1.0), antialias=True),
             T.RandomHorizontalFlip(),
             T.RandomRotation(20),
             T.ColorJitter(0.4, 0.4, 0.4, 0.1),
-            T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.RandomGrayscale(grayscale_p),
+            T.ToImage(), T.ToDtype(torch.float32, scale=True),
         ])
 
     def __call__(self, img):
-        return torch.stack([self.aug(img) for _ in range(self.copies)])
+        return normalize_tiles(torch.stack([self.aug(img) for _ in range(self.copies)]))
 
 
 class Exemplar(Method):
@@ -64,13 +71,15 @@ class Exemplar(Method):
         "default": {
             "backbone.name": P("resnet50", f"{REVISITING}, Table 1: ResNet-50 v1"),
             "method.copies": P(8, f"{REVISITING}: 8 exemplars per image"),
-            "method.margin": P(0.5, "harness choice"),
-            "method.embedding_dim": P(1000, "harness choice"),
+            "method.margin": P(0.5, f"{REVISITING} code, config/exemplar/imagenet.sh"),
+            "method.embedding_dim": P(1000, f"{REVISITING} code, config/exemplar/imagenet.sh"),
+            "method.grayscale_p": P(0.66, f"{REVISITING} code, config/exemplar/imagenet.sh"),
             "train.optimizer": P("sgd", REVISITING),
-            "train.lr": P(0.1, "harness choice"),
+            "train.lr": P(0.1, f"{REVISITING} code (lr 0.1 per 256 images)"),
             "train.weight_decay": P(1e-4, "harness choice"),
-            "train.batch_size": P(64, "harness choice (images; x copies views per step)"),
-            "train.epochs": P(35, "harness choice"),
+            "train.batch_size": P(64, f"{REVISITING} code (images; x copies views per step)"),
+            "train.epochs": P(35, f"{REVISITING} code, config/exemplar/imagenet.sh"),
+            "train.warmup_epochs": P(5, f"{REVISITING} code, config/exemplar/imagenet.sh"),
         },
     }
     suite_profiles = {
@@ -92,10 +101,14 @@ class Exemplar(Method):
         self.head = nn.Linear(self.backbone.num_features, int(cfg["method.embedding_dim"]))
 
     def train_transform(self):
-        return ExemplarViews(int(self.cfg["data.image_size"]), int(self.cfg["method.copies"]))
+        return ExemplarViews(int(self.cfg["data.image_size"]), int(self.cfg["method.copies"]), float(self.cfg["method.grayscale_p"]))
 
     def training_step(self, batch):
         views, _ = batch  # [B, K, 3, H, W]
         b, k = views.shape[:2]
         emb = self.head(self.backbone(views.flatten(0, 1))).view(b, k, -1)
         return {"loss": exemplar_triplet_loss(emb, float(self.cfg["method.margin"]))}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        # The network only ever saw standardised inputs; evaluation images get the same.
+        return self.represent(normalize_tiles(x))

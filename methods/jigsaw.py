@@ -54,6 +54,7 @@ class Jigsaw(Method):
     name = "jigsaw"
     description = "Jigsaw puzzles: classify which of a max-Hamming permutation set shuffled 3x3 tiles"
     source = "Noroozi & Favaro, ECCV 2016"
+    probes_blocks = False  # its representation is not one backbone pass over the image
     recipes = {
         "default": {
             "backbone.name": P("resnet50", "Kolesnikov et al. 2019 (Revisiting SSL) ResNet-50 v1"),

@@ -73,12 +73,14 @@ class MAE(Method):
     name = "mae"
     description = "MAE: ViT encoder on visible patches, light decoder, normalised-pixel loss on 75% masked"
     source = "He et al., Masked Autoencoders Are Scalable Vision Learners, CVPR 2022"
+    probes_blocks = False  # its representation is not one backbone pass over the image
     recipes = {
         "default": {
             "backbone.name": P("vit_base", f"{HE}: ViT-B/16"),
             "method.patch_size": P(16, f"{HE}: 16x16 patches"),
             "method.mask_ratio": P(0.75, f"{HE}, Sec. 3: mask ratio 75%"),
             "method.norm_pix_loss": P(True, f"{HE}, Sec. 3: normalised pixels as targets"),
+            "method.readout": P("cls", f"{HE}, Sec. 4 / official main_linprobe.py: the class token"),
             "method.decoder_dim": P(512, f"{HE}, Table 1: decoder width 512"),
             "method.decoder_depth": P(8, f"{HE}, Table 1: decoder depth 8"),
             "method.decoder_heads": P(16, f"{HE}, Appendix A.1: 16 heads"),
@@ -112,6 +114,8 @@ class MAE(Method):
         size = int(cfg["data.image_size"])
         if size % self.p:
             raise UsageError(f"method.patch_size={self.p} does not divide data.image_size={size}")
+        if cfg["method.readout"] not in ("cls", "avgpool"):
+            raise UsageError(f"method.readout={cfg['method.readout']!r}: expected cls or avgpool")
         self.backbone = self.build_backbone(size, patch_size=self.p)
         vit = getattr(self.backbone, "vit", None)
         if vit is None:
@@ -157,6 +161,14 @@ class MAE(Method):
         images, _ = batch
         pred, mask = self._forward(images)
         return {"loss": mae_loss(pred, patchify(images, self.p), mask, bool(self.cfg["method.norm_pix_loss"]))}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The class token (``method.readout=cls``), or the mean of the patch tokens
+        (``avgpool``), which He et al. 2022 (Appendix A.1) find works as well as the token."""
+        readout = self.cfg["method.readout"]
+        if readout == "cls":
+            return self.backbone(x)
+        return self.backbone.vit.forward_features(x)[:, self.backbone.vit.num_prefix_tokens:].mean(dim=1)
 
     def reconstruct(self, batch):
         """(visible patches with masked ones grey, target, visible + predicted patches)."""

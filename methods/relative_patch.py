@@ -46,6 +46,7 @@ class RelativePatch(Method):
     name = "relative_patch"
     description = "Relative patch location: 8-way classification of a neighbour patch's position"
     source = "Doersch, Gupta & Efros, ICCV 2015"
+    probes_blocks = False  # its representation is not one backbone pass over the image
     recipes = {
         "default": {
             "backbone.name": P("resnet50", "Kolesnikov et al. 2019 (Revisiting SSL) ResNet-50 v1"),

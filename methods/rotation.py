@@ -10,6 +10,31 @@ from harness.data.transforms import crop_flip_transform
 from methods.base import Method
 
 GIDARIS = "Gidaris et al. 2018, Sec. 3 / CIFAR-10 setup"
+REVISITING = "Kolesnikov et al. 2019 code, config/rotation/imagenet.sh"
+
+
+def revisiting_recipe(backbone: str, filters_factor: int, probe_layer: str = "pre_logits") -> dict:
+    """Rotation as trained in the Revisiting SSL study (Kolesnikov, Zhai & Beyer, CVPR 2019).
+
+    ``filters_factor`` is the study's width k (the root conv has 16k filters, so 4 is the
+    standard ResNet-50); here it becomes the width multiplier k/4. Their Table 1 reports
+    ResNet50 v1 at 4x/8x/12x/16x: 41.7 / 43.4 / 43.3 / 43.2 % linear top-1 on ImageNet.
+    """
+    return {
+        "backbone.name": P(backbone, f"{REVISITING} (Table 1 architecture)"),
+        "backbone.width": P(filters_factor / 4, f"{REVISITING}: filters_factor {filters_factor} (x{filters_factor / 4:g} of standard)"),
+        "backbone.probe_layer": P(probe_layer, "Kolesnikov et al. 2019, Sec. 4.2 (layer-wise evaluation)"),
+        "train.optimizer": P("sgd", REVISITING),
+        "train.lr": P(0.1, f"{REVISITING}: lr 0.1 per 256 images (batch 64 x 4 rotations = 256)"),
+        "train.batch_size": P(64, REVISITING),
+        "train.epochs": P(35, REVISITING),
+        "train.warmup_epochs": P(5, REVISITING),
+        "train.schedule": P("step", REVISITING),
+        "train.decay_epochs": P([15, 25], REVISITING),
+        "train.weight_decay": P(1e-4, "Kolesnikov et al. 2019 code default"),
+        "method.crop_scale_min": P(0.08, f"{REVISITING}: inception_preprocess crop"),
+        "method.flip": P(True, f"{REVISITING}: inception_preprocess flip"),
+    }
 
 
 def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +66,9 @@ class Rotation(Method):
             "method.crop_scale_min": P(0.08, "harness choice: standard RandomResizedCrop"),
             "method.flip": P(True, GIDARIS),
         },
+        # The architecture study's ResNet50 v1 widths, probed at pre-logits (Table 1), and
+        # its layer-wise read-outs (Sec. 4.2): `--recipe revisiting_r50_w4 backbone.probe_layer=block3`.
+        **{f"revisiting_r50_w{k}": revisiting_recipe("resnet50", k) for k in (4, 8, 12, 16)},
     }
     suite_profiles = {
         "digits": {

@@ -53,6 +53,7 @@ class SplitBrain(Method):
     name = "split_brain"
     description = "Split-brain autoencoder: half-width networks predict L->ab and ab->L by classification"
     source = "Zhang, Isola & Efros, CVPR 2017"
+    probes_blocks = False  # its representation is not one backbone pass over the image
     recipes = {
         "default": {
             "backbone.name": P("resnet50", "harness choice (the paper uses AlexNet)"),

@@ -87,3 +87,13 @@ def test_argument_errors_are_one_line(argv, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "error:" in err
+
+
+def test_probe_layer_a_method_cannot_read_fails_before_training(capsys, tmp_path):
+    code, _, err = run_cli(["run", "--method", "jigsaw", "--eval", "knn", "--output-dir", str(tmp_path / "r"),
+                            "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "backbone.probe_layer=block3"], capsys)
+    assert code == 2 and "method 'jigsaw'" in err and "pre_logits" in err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+    code, _, err = run_cli(["run", "--method", "rotation", "--eval", "knn", "--output-dir", str(tmp_path / "r2"),
+                            "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "backbone.probe_layer=block9"], capsys)
+    assert code == 2 and "expected one of pre_logits, block1" in err

@@ -133,3 +133,24 @@ def test_context_network_is_row_causal():
     c, c2 = net(z), net(z2)
     torch.testing.assert_close(c[:, :, :3], c2[:, :, :3])  # rows above are blind to them
     assert not torch.allclose(c[:, :, 3:], c2[:, :, 3:])
+
+
+def test_step_schedule_warms_up_then_decays_at_epochs():
+    from harness.optim import lr_schedule
+
+    train = {"epochs": 35, "lr": 0.1, "warmup_epochs": 5, "min_lr_ratio": 0.0, "schedule": "step", "decay_epochs": [15, 25]}
+    s = lr_schedule(train, steps_per_epoch=10)
+    assert len(s) == 350 and s[0] == 0.0 and s[49] < 0.1
+    assert math.isclose(s[50], 0.1) and math.isclose(s[149], 0.1)
+    assert math.isclose(s[150], 0.01) and math.isclose(s[250], 0.001) and math.isclose(s[-1], 0.001)
+    with pytest.raises(UsageError, match="train.schedule='linear'"):
+        lr_schedule({**train, "schedule": "linear"}, 10)
+
+
+def test_resnet_blocks_are_the_stages_of_the_forward_pass():
+    net = create_backbone("resnet_small", width=0.5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    maps = [net.forward_block(x, b) for b in (1, 2, 3, 4)]
+    assert [m.shape[1] for m in maps] == [net.block_channels(b) for b in (1, 2, 3, 4)] == [16, 32, 64, 128]
+    assert [m.shape[-1] for m in maps] == [32, 16, 8, 4]
+    torch.testing.assert_close(maps[3], net.forward_maps(x))

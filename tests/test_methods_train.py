@@ -26,3 +26,25 @@ def test_few_steps_finite_and_decreasing(method, tmp_path):
     assert len(history) == 16 and all(math.isfinite(x) for x in history)
     first, last = sum(history[:4]) / 4, sum(history[-4:]) / 4
     assert last < first, f"{method}: loss went from {first:.4f} to {last:.4f}"
+
+
+def test_probe_layer_reads_a_stage_of_the_backbone():
+    cfg = build_config(RunRequest(method="rotation", overrides={"backbone.probe_layer": "block3"}))[0]
+    m = registry.methods.get("rotation")(cfg).eval()
+    x = torch.randn(3, 3, 32, 32)
+    feats = m.features(x)
+    assert feats.shape == (3, m.num_features) and m.num_features == m.backbone.block_channels(3)
+    torch.testing.assert_close(feats, m.backbone.forward_block(x, 3).mean(dim=(2, 3)))
+    # colorization reads its lightness-only input through the same layer
+    cfg = build_config(RunRequest(method="colorization", overrides={"backbone.probe_layer": "block2"}))[0]
+    assert registry.methods.get("colorization")(cfg).features(x).shape[1] == 32
+
+
+def test_revisiting_rotation_recipes_scale_the_width():
+    from harness.config import DEFAULTS
+
+    cfg = build_config(RunRequest(method="rotation", suite="imagenet", overrides={"method.recipe": "revisiting_r50_w12"}))[0]
+    assert cfg["backbone.name"] == "resnet50" and cfg["backbone.width"] == 3
+    assert cfg["train.schedule"] == "step" and cfg["train.decay_epochs"] == [15, 25] and cfg["train.epochs"] == 35
+    assert "filters_factor 12" in cfg.sources["backbone.width"]
+    assert DEFAULTS["backbone.probe_layer"].value == cfg["backbone.probe_layer"] == "pre_logits"

@@ -302,3 +302,19 @@ def test_vit_backbone_matches_timm_and_exposes_maps():
     small = create_backbone("vit_tiny", img_size=32, patch_size=4)
     x = torch.randn(2, 3, 32, 32)
     assert small(x).shape == (2, 192) and small.forward_maps(x).shape == (2, 192, 8, 8)
+
+
+def test_exemplar_views_are_grey_and_standardised_as_in_revisiting():
+    from PIL import Image
+
+    from methods.exemplar import ExemplarViews
+
+    torch.manual_seed(0)
+    img = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
+    views = ExemplarViews(32, copies=6, grayscale_p=1.0)(img)
+    assert views.shape == (6, 3, 32, 32)
+    torch.testing.assert_close(views[:, 0], views[:, 1])  # grey: all channels equal
+    torch.testing.assert_close(views.mean(dim=(1, 2, 3)), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(views.std(dim=(1, 2, 3)), torch.ones(6), atol=1e-3, rtol=0)
+    colour = ExemplarViews(32, copies=6, grayscale_p=0.0)(img)
+    assert not torch.allclose(colour[:, 0], colour[:, 1])

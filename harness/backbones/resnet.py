@@ -53,6 +53,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(block, widths[2], layers[2], 2)
         self.layer4 = self._make_layer(block, widths[3], layers[3], 2)
         self.num_features = widths[3] * block.expansion
+        self._block_channels = [w * block.expansion for w in widths]
         self.pool = nn.AdaptiveAvgPool2d(1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -73,6 +74,16 @@ class ResNet(nn.Module):
     def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_block(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        """The output maps of stage ``block`` (1..4), the Revisiting study's block1..block4."""
+        x = self.stem(x)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4)[:block]:
+            x = stage(x)
+        return x
+
+    def block_channels(self, block: int) -> int:
+        return self._block_channels[block - 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(self.forward_maps(x)), 1)
