@@ -136,6 +136,7 @@ class Trainer:
                     raise NonFiniteLoss(f"loss became {loss.item()} at step {self.step}; lower train.lr or check the recipe")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self.method.before_optimizer_step(self.step, self.total_steps, self.steps_per_epoch)
                 if self.cfg.get("grad_clip", 0) > 0:
                     torch.nn.utils.clip_grad_norm_(self.method.parameters(), float(self.cfg["grad_clip"]))
                 self.optimizer.step()

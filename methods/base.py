@@ -70,6 +70,10 @@ class Method(nn.Module):
         from its training data (e.g. colorization's bin prior). State it computes must live
         in buffers, so checkpoints carry it."""
 
+    def before_optimizer_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        """After backward, before the optimizer step and gradient clipping: gradients a method
+        holds back (SwAV's prototypes and DINO's last layer during the first epoch)."""
+
     def on_step_end(self, step: int, total_steps: int) -> None:
         """After the optimizer step (momentum encoders, queues, schedules of the method)."""
 
@@ -100,6 +104,9 @@ class Method(nn.Module):
             raise UsageError(f"backbone.probe_layer={layer!r}: method '{self.name}' with backbone "
                              f"'{self.cfg['backbone.name']}' can only be probed at pre_logits")
         return PROBE_LAYERS.index(layer)
+
+    # True: batches are (views, labels, dataset indices), for memory banks.
+    needs_index: ClassVar[bool] = False
 
     # Methods whose representation is not one pass of the backbone over the image (patch
     # grids, two-network encoders, ViTs) set this False.

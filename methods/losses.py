@@ -465,3 +465,183 @@ def instdisc_nce_loss(
     log_h_pos = log_p_pos - torch.logaddexp(log_p_pos, log_noise)
     log_one_minus_h_neg = math.log(m_pn) - torch.logaddexp(log_p_neg, log_noise)
     return -(log_h_pos.sum() + log_one_minus_h_neg.sum()) / b
+
+
+# ---------------------------------------------------------------------------------------
+# Data-parallel forms. Each process passes its own slice of the global batch (every
+# process the same number of rows); the collectives are those of
+# methods/components/distributed.py, whose backward passes sum over processes, so that
+# after DistributedDataParallel averages the parameter gradients the model gets the
+# gradient of the mean over processes of the returned losses. For every function below
+# that mean equals the single-process loss on the global batch (the rows of all
+# processes concatenated in rank order); tests/test_ddp.py checks value and gradients.
+# In a single process (torch.distributed not initialised, or one process) each one
+# computes exactly its single-process counterpart.
+# ---------------------------------------------------------------------------------------
+
+
+def nt_xent_distributed(z1: torch.Tensor, z2: torch.Tensor, temperature: float, group=None) -> torch.Tensor:
+    """SimCLR's NT-Xent with the negatives gathered from every process: the cross-replica
+    form of the official TensorFlow code (google-research/simclr ``objective.py``
+    ``add_contrastive_loss``: ``hidden1_large = tpu_cross_replica_concat(hidden1)``, the
+    local anchors scored against the global candidates, labels and self-masks at
+    ``arange(n) + replica_id * n``).
+
+    z1, z2: [n, D], this process's slice of the two views (normalised here). The 2n local
+    anchors are scored against all 2N = 2 W n views of the global batch (gathered with
+    gradient), the anchor itself masked out, the other view of its image the positive.
+    Returns the mean over the 2n local anchors; the mean over processes is
+    ``nt_xent(z1_global, z2_global, temperature)`` (the official code adds the two
+    n-anchor means, i.e. twice this value, and sums the replicas' gradients).
+    """
+    from methods.components.distributed import gather_with_grad, world
+
+    rank, w = world(group)
+    _check_pair("nt_xent_distributed", z1, z2, "z1", "z2", min_batch=1 if w > 1 else 2)
+    _check_positive("nt_xent_distributed", temperature=temperature)
+    n = z1.shape[0]
+    big_n = w * n
+    z1 = F.normalize(z1, dim=1)
+    z2 = F.normalize(z2, dim=1)
+    candidates = torch.cat([gather_with_grad(z1, group), gather_with_grad(z2, group)], dim=0)  # [2N, D]
+    anchors = torch.cat([z1, z2], dim=0)  # [2n, D]
+    logits = anchors @ candidates.t() / temperature  # [2n, 2N]
+    own = torch.arange(n, device=z1.device) + rank * n  # global rows of this process's images
+    rows = torch.arange(2 * n, device=z1.device)
+    self_cols = torch.cat([own, own + big_n])
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[rows, self_cols] = True
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    targets = torch.cat([own + big_n, own])
+    return F.cross_entropy(logits, targets)
+
+
+def moco_v3_loss_distributed(q: torch.Tensor, k: torch.Tensor, temperature: float, group=None) -> torch.Tensor:
+    """MoCo v3's in-batch loss with the keys of every process (official code moco-v3
+    ``moco/builder.py`` ``MoCo.contrastive_loss``: ``k = concat_all_gather(k)``, labels
+    ``arange(N) + N * rank``, times 2 * temperature).
+
+    q, k: [n, D], this process's queries and momentum keys (normalised here; the keys are
+    gathered without gradient, as in the official code). Returns the mean over the n local
+    queries; the mean over processes is ``moco_v3_loss(q_global, k_global, temperature)``.
+    """
+    from methods.components.distributed import concat_all_gather, world
+
+    rank, _ = world(group)
+    _check_pair("moco_v3_loss_distributed", q, k, "q", "k")
+    _check_positive("moco_v3_loss_distributed", temperature=temperature)
+    q = F.normalize(q, dim=1)
+    k = concat_all_gather(F.normalize(k, dim=1), group)
+    logits = q @ k.t() / temperature
+    labels = torch.arange(q.shape[0], device=q.device) + q.shape[0] * rank
+    return F.cross_entropy(logits, labels) * (2 * temperature)
+
+
+def barlow_twins_loss_distributed(z1: torch.Tensor, z2: torch.Tensor, lambd: float, group=None) -> torch.Tensor:
+    """Barlow Twins with the batch statistics and the cross-correlation summed over
+    processes (official code facebookresearch/barlowtwins ``main.py``: the projector's
+    ``BatchNorm1d(affine=False)`` converted to ``SyncBatchNorm``, then
+    ``c = bn(z1).T @ bn(z2); c.div_(batch_size); torch.distributed.all_reduce(c)`` with the
+    global batch size).
+
+    z1, z2: [n, D], this process's slice of the two views. The per-dimension mean and
+    biased variance are those of the global batch (sums all-reduced, two passes, as
+    SyncBatchNorm in training), C = sum over processes of z1_n^T z2_n / N, and every
+    process returns the same loss, equal to ``barlow_twins_loss`` on the global batch.
+    The all-reduces are differentiable (``all_reduce_sum``), so under DDP the gradient is
+    the single-process one; the official code's ``torch.distributed.all_reduce`` is not
+    autograd-aware and gives 1/W of it (barlowtwins issue #8, lightly issue #1977), a
+    constant factor its learning rate absorbed.
+    """
+    from methods.components.distributed import all_reduce_sum, world
+
+    _, w = world(group)
+    _check_pair("barlow_twins_loss_distributed", z1, z2, "z1", "z2", min_batch=1 if w > 1 else 2)
+    n, d = z1.shape
+    sums = all_reduce_sum(torch.cat([z1.sum(dim=0), z2.sum(dim=0), z1.new_full((1,), float(n))]), group)
+    big_n = sums[-1].detach()
+    c1 = z1 - sums[:d] / big_n
+    c2 = z2 - sums[d : 2 * d] / big_n
+    sq = all_reduce_sum(torch.cat([c1.pow(2).sum(dim=0), c2.pow(2).sum(dim=0)]), group)
+    z1n = c1 / torch.sqrt(sq[:d] / big_n + 1e-5)
+    z2n = c2 / torch.sqrt(sq[d:] / big_n + 1e-5)
+    c = all_reduce_sum(z1n.t() @ z2n, group) / big_n
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diag = c[_off_diagonal_mask(d, c.device)].pow(2).sum()
+    return on_diag + lambd * off_diag
+
+
+@torch.no_grad()
+def sinkhorn_knopp_distributed(scores: torch.Tensor, epsilon: float, iters: int, group=None) -> torch.Tensor:
+    """SwAV's Sinkhorn-Knopp over the global batch (official code facebookresearch/swav
+    ``main_swav.py`` ``distributed_sinkhorn``): B = (local batch) * world size, the total
+    sum and the prototype (row) sums all-reduced, the sample (column) sums local.
+
+    scores: [b, K], this process's slice (every process the same b). Returns this
+    process's rows of ``sinkhorn_knopp`` of the global [W b, K] scores. The maximum
+    subtracted before exp is the global one (all-reduced), so the arithmetic is the
+    single-process one up to the order of the sums. No gradient.
+    """
+    from methods.components.distributed import all_reduce_max, all_reduce_sum, world
+
+    if scores.ndim != 2:
+        raise ValueError(f"sinkhorn_knopp_distributed: expected scores [B, K], got {tuple(scores.shape)}")
+    _check_positive("sinkhorn_knopp_distributed", epsilon=epsilon)
+    if iters < 0:
+        raise ValueError(f"sinkhorn_knopp_distributed: iters must be >= 0, got {iters}")
+    _, w = world(group)
+    s = scores.detach().to(torch.promote_types(scores.dtype, torch.float32))
+    q = torch.exp((s - all_reduce_max(s.max(), group)) / epsilon).t()
+    k, b_local = q.shape
+    b = b_local * w
+    q = q / all_reduce_sum(q.sum(), group)
+    for _ in range(iters):
+        q = q / all_reduce_sum(q.sum(dim=1, keepdim=True), group) / k
+        q = q / q.sum(dim=0, keepdim=True) / b
+    return (q * b).t()
+
+
+def swav_loss_distributed(
+    scores: Sequence[torch.Tensor],
+    epsilon: float = 0.05,
+    sinkhorn_iters: int = 3,
+    temperature: float = 0.1,
+    n_global: int = 2,
+    queue_scores: Sequence[torch.Tensor] | None = None,
+    group=None,
+) -> torch.Tensor:
+    """``swav_loss`` with the codes from ``sinkhorn_knopp_distributed``, as the official
+    ``main_swav.py`` computes it on each process: ``q = distributed_sinkhorn(out)[-bs:]``,
+    the swapped-prediction cross-entropy averaged over the local batch.
+
+    scores: list of [b, K] per crop, this process's slice; queue_scores: optional list of
+    n_global [Q, K], this process's own queue (the official queue is per process), put
+    before the batch for Sinkhorn. Returns the local loss; the mean over processes equals
+    ``swav_loss`` on the global batch (with the processes' queues concatenated, if any,
+    since the codes do not depend on the order of the samples).
+    """
+    b, k = _check_crops("swav_loss_distributed", "scores", scores)
+    n_crops = len(scores)
+    if not 1 <= n_global <= n_crops or n_crops < 2:
+        raise ValueError(
+            f"swav_loss_distributed: needs at least 2 crops and 1 <= n_global <= {n_crops}, "
+            f"got n_global={n_global} with {n_crops} crops"
+        )
+    if queue_scores is not None:
+        if isinstance(queue_scores, torch.Tensor) or len(queue_scores) != n_global:
+            raise ValueError(f"swav_loss_distributed: queue_scores must be a list of {n_global} [Q, K] tensors, one per global crop")
+        _check_crops("swav_loss_distributed", "queue_scores", queue_scores, k=k)
+    _check_positive("swav_loss_distributed", temperature=temperature)
+    log_probs = [F.log_softmax(s / temperature, dim=1) for s in scores]
+    loss = scores[0].new_zeros(())
+    for i in range(n_global):
+        out = scores[i].detach()
+        if queue_scores is not None:
+            out = torch.cat([queue_scores[i].detach(), out], dim=0)
+        q = sinkhorn_knopp_distributed(out, epsilon, sinkhorn_iters, group)[-b:].to(scores[i].dtype)
+        subloss = scores[0].new_zeros(())
+        for v in range(n_crops):
+            if v != i:
+                subloss = subloss - (q * log_probs[v]).sum(dim=1).mean()
+        loss = loss + subloss / (n_crops - 1)
+    return loss / n_global

@@ -21,7 +21,7 @@ def test_few_steps_finite_and_decreasing(method, tmp_path):
     m = registry.methods.get(method)(cfg)
     suite = DigitsSuite(image_size=cfg["data.image_size"])
     suite.train_subset = 32
-    data = SeededTransformDataset(suite.split("train"), m.train_transform(), seed=0)
+    data = SeededTransformDataset(suite.split("train"), m.train_transform(), seed=0, with_index=m.needs_index)
     history = Trainer(m, data, cfg.section("train"), 0, tmp_path, torch.device("cpu")).fit()
     assert len(history) == 16 and all(math.isfinite(x) for x in history)
     first, last = sum(history[:4]) / 4, sum(history[-4:]) / 4

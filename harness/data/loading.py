@@ -32,10 +32,12 @@ class EpochSampler(Sampler[int]):
 
 
 class SeededTransformDataset(Dataset):
-    """Applies ``transform`` to ``base[i]``'s image under an RNG seeded by (seed, epoch, i)."""
+    """Applies ``transform`` to ``base[i]``'s image under an RNG seeded by (seed, epoch, i).
+    With ``with_index`` a sample is (views, label, i): memory-bank methods (InstDisc, PIRL)
+    need to know which image each row of a batch is."""
 
-    def __init__(self, base, transform, seed: int, indices: list[int] | None = None):
-        self.base, self.transform, self.seed = base, transform, seed
+    def __init__(self, base, transform, seed: int, indices: list[int] | None = None, with_index: bool = False):
+        self.base, self.transform, self.seed, self.with_index = base, transform, seed, with_index
         self.indices = indices if indices is not None else list(range(len(base)))
         self.epoch = 0
 
@@ -52,7 +54,7 @@ class SeededTransformDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, 2, self.epoch, self.indices[i]))
             sample = self.transform(img)
-        return sample, label
+        return (sample, label, i) if self.with_index else (sample, label)
 
 
 def subset_indices(n: int, limit: int, seed: int = 0) -> list[int]:
