@@ -2,6 +2,7 @@
 equals an uninterrupted one: MoCo's key queue and InstDisc/PIRL's memory bank."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -74,3 +75,32 @@ class MemoryBank(nn.Module):
             raise RuntimeError("memory bank not allocated: call allocate(n_data) before training")
         idx = torch.randint(len(self), (batch, k), device=self.bank.device)
         return idx, self.bank[idx]
+
+
+@contextlib.contextmanager
+def bn_stats_kept(module: nn.Module):
+    """BatchNorm running statistics of ``module`` restored on exit: a pass over the data to
+    warm a queue or bank (in train mode, with batch statistics, as training computes its
+    features) leaves the model exactly as it was."""
+    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    try:
+        yield
+    finally:
+        for m, mean, var, count in saved:
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+
+
+def data_batches(dataset, batch_size: int, device, drop_last: bool = False):
+    """The dataset in order, collated and moved to ``device`` (for warm starts in ``prepare``)."""
+    from torch.utils.data import DataLoader
+
+    def move(b):
+        if isinstance(b, torch.Tensor):
+            return b.to(device)
+        return type(b)(move(x) for x in b) if isinstance(b, (list, tuple)) else b
+
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last):
+        yield move(batch)
