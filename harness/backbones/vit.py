@@ -2,7 +2,9 @@
 
 ``forward`` returns the final-norm class token (the representation MAE and DINO probe);
 ``forward_maps`` the patch tokens as a [B, D, h, w] map. Smaller patches serve small images
-(``patch_size=4`` on 32px images gives an 8x8 token grid).
+(``patch_size=4`` on 32px images gives an 8x8 token grid). ``dynamic_img_size=True`` lets
+one network read crops of other sizes (DINO's multi-crop), resampling the position
+embeddings bicubically to each input's token grid (timm's ``dynamic_img_size``).
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}
 
 
 class ViT(nn.Module):
-    def __init__(self, size: str, img_size: int = 224, patch_size: int = 16):
+    def __init__(self, size: str, img_size: int = 224, patch_size: int = 16, dynamic_img_size: bool = False):
         super().__init__()
         dim, depth, heads = SIZES[size]
         self.vit = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dim, depth=depth,
-                                     num_heads=heads, num_classes=0, global_pool="token")
+                                     num_heads=heads, num_classes=0, global_pool="token",
+                                     dynamic_img_size=dynamic_img_size)
         self.num_features = dim
         self.grid = self.vit.patch_embed.grid_size
 
@@ -30,19 +33,19 @@ class ViT(nn.Module):
         return tokens.transpose(1, 2).reshape(x.shape[0], self.num_features, *self.grid)
 
 
-def vit_tiny(img_size: int = 224, patch_size: int = 16) -> ViT:
+def vit_tiny(img_size: int = 224, patch_size: int = 16, dynamic_img_size: bool = False) -> ViT:
     """ViT-Tiny (192 dim, 12 blocks, 3 heads), timm."""
-    return ViT("tiny", img_size, patch_size)
+    return ViT("tiny", img_size, patch_size, dynamic_img_size)
 
 
-def vit_small(img_size: int = 224, patch_size: int = 16) -> ViT:
+def vit_small(img_size: int = 224, patch_size: int = 16, dynamic_img_size: bool = False) -> ViT:
     """ViT-Small (384 dim, 12 blocks, 6 heads), timm."""
-    return ViT("small", img_size, patch_size)
+    return ViT("small", img_size, patch_size, dynamic_img_size)
 
 
-def vit_base(img_size: int = 224, patch_size: int = 16) -> ViT:
+def vit_base(img_size: int = 224, patch_size: int = 16, dynamic_img_size: bool = False) -> ViT:
     """ViT-Base (768 dim, 12 blocks, 12 heads), timm."""
-    return ViT("base", img_size, patch_size)
+    return ViT("base", img_size, patch_size, dynamic_img_size)
 
 
 vit_tiny.description = "ViT-Tiny/16 (timm); patch_size and img_size configurable"

@@ -36,16 +36,18 @@ def mlp(dims: Sequence[int], *, norm: bool = True, last_norm: str = "none", act:
 class DINOHead(nn.Module):
     """DINO's projection head (Caron et al. 2021, App. / official vision_transformer.py):
     a 3-layer MLP (GELU) to a ``bottleneck`` dim, L2 normalisation, then a weight-normalised
-    linear layer to ``out_dim`` prototypes whose norm is fixed to 1 (``norm_last_layer``)."""
+    linear layer to ``out_dim`` prototypes whose norm is fixed to 1 (``norm_last_layer``).
+    ``use_bn`` puts BatchNorm after each hidden layer (official ``--use_bn_in_head``)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 2048, bottleneck: int = 256,
-                 norm_last_layer: bool = True):
+                 norm_last_layer: bool = True, use_bn: bool = False):
         super().__init__()
-        self.mlp = mlp([in_dim, hidden, hidden, bottleneck], norm=False, act="gelu")
+        self.mlp = mlp([in_dim, hidden, hidden, bottleneck], norm=use_bn, act="gelu")
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
         self.last_layer.parametrizations.weight.original0.data.fill_(1)
         if norm_last_layer:

@@ -74,3 +74,17 @@ def multi_crop(global_views: Sequence[Callable], local_view: Callable | None, n_
     if n_local and local_view is None:
         raise ValueError("n_local > 0 needs a local_view transform")
     return MultiView(list(global_views) + [local_view] * n_local)
+
+
+def split_by_size(views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Multi-crop batches [B, C, H, W] per view -> consecutive views of one resolution
+    concatenated ([global crops, local crops]). SwAV and DINO run the backbone once per
+    resolution (official ``ResNet.forward`` / ``MultiCropWrapper``), so BatchNorm sees one
+    resolution at a time."""
+    groups: list[list[torch.Tensor]] = []
+    for v in views:
+        if groups and groups[-1][0].shape[-2:] == v.shape[-2:]:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return [torch.cat(g) for g in groups]
