@@ -5,7 +5,7 @@ import pytest
 
 from harness import registry
 from harness.cli import main
-from tests.conftest import TINY
+from tests.conftest import TINY, method_params
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def tracking_uri(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
 
 
-@pytest.mark.parametrize("method", registry.methods.names())
+@pytest.mark.parametrize("method", method_params())
 def test_method_runs_linear_and_knn(method, tmp_path, tracking_uri, capsys):
     out = tmp_path / "run"
     code = main(["run", "--method", method, "--epochs", "1", "--eval", "linear,knn", "--output-dir", str(out),

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from harness import registry
+from tests.conftest import method_params
 from harness.data.digits import DigitsSuite
 from harness.data.loading import SeededTransformDataset
 from harness.pipeline import RunRequest, build_config
@@ -12,7 +13,7 @@ from harness.seeding import seed_everything
 from harness.trainer import Trainer
 
 
-@pytest.mark.parametrize("method", registry.methods.names())
+@pytest.mark.parametrize("method", method_params())
 def test_few_steps_finite_and_decreasing(method, tmp_path):
     # 32 images, batch 16, 8 epochs: 16 steps on the same small set, so the loss must fall.
     cfg = build_config(RunRequest(method=method, overrides={"train.batch_size": 16, "train.epochs": 8,

@@ -11,7 +11,9 @@ from harness.pipeline import RunRequest, build_config
 from harness.seeding import seed_everything
 from harness.trainer import CheckpointHook, HookBase, Trainer
 
-STATEFUL = ["moco_v2", "moco_v3", "instdisc", "pirl", "byol", "swav", "dino", "cmc"]
+SLOW = pytest.mark.slow  # the same check for more methods under `make test-slow`
+STATEFUL = ["moco_v2", "instdisc", "dino", pytest.param("moco_v3", marks=SLOW), pytest.param("pirl", marks=SLOW),
+            pytest.param("byol", marks=SLOW), pytest.param("swav", marks=SLOW), pytest.param("cmc", marks=SLOW)]
 
 
 class Crash(Exception):
