@@ -12,7 +12,7 @@ from harness.seeding import seed_everything
 from harness.trainer import CheckpointHook, HookBase, Trainer
 
 SLOW = pytest.mark.slow  # the same check for more methods under `make test-slow`
-STATEFUL = ["moco_v2", "instdisc", "dino", pytest.param("moco_v3", marks=SLOW), pytest.param("pirl", marks=SLOW),
+STATEFUL = ["instdisc", "dino", pytest.param("moco_v2", marks=SLOW), pytest.param("moco_v3", marks=SLOW), pytest.param("pirl", marks=SLOW),
             pytest.param("byol", marks=SLOW), pytest.param("swav", marks=SLOW), pytest.param("cmc", marks=SLOW)]
 
 
