@@ -32,3 +32,9 @@ def test_coercion():
     assert parse_override("eval.knn.ks=[1, 2]") == ("eval.knn.ks", [1, 2])
     with pytest.raises(UsageError):
         parse_override("train.lr")
+
+
+@pytest.mark.parametrize("text, expected", [("1e-6", 1e-6), ("1.5E+3", 1500.0), ("[1e-4, 2]", [1e-4, 2]), ("e5", "e5")])
+def test_override_reads_exponent_numbers(text, expected):
+    # YAML 1.1 alone would hand train.weight_decay=1e-6 over as the string '1e-6'.
+    assert parse_override(f"train.weight_decay={text}") == ("train.weight_decay", expected)
