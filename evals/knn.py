@@ -10,6 +10,7 @@ from evals.base import Evaluator
 from evals.features import extract
 
 DINO_KNN = "facebookresearch/dino eval_knn.py"
+VISSL_KNN = "facebookresearch/vissl configs/config/defaults.yaml (NPID kNN: k=200, T=0.1)"
 
 
 @torch.no_grad()
@@ -35,6 +36,16 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def knn_topk_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%) from kNN class scores. A class no neighbour voted for
+    is never a prediction: with k < 5 at most k classes have votes, and counting the
+    arbitrary order of zero-score classes as "top-5" would inflate it."""
+    top_scores, top = scores.topk(min(5, scores.shape[1]), dim=1)
+    hit = (top == labels[:, None]) & (top_scores > 0)
+    n = len(labels)
+    return 100.0 * hit[:, 0].sum().item() / n, 100.0 * hit.any(dim=1).sum().item() / n
+
+
 class KNN(Evaluator):
     name = "knn"
     protocol = "knn"
@@ -46,6 +57,14 @@ class KNN(Evaluator):
             "ks": P([10, 20, 100, 200], DINO_KNN),
             "k": P(20, f"{DINO_KNN}: headline k"),
             "temperature": P(0.07, DINO_KNN),
+            "chunk_size": P(1024, "harness choice: bounds memory to chunk x N_train"),
+            "batch_size": P(256, "harness choice (feature extraction only)"),
+        },
+        # InstDisc / NPID's protocol as VISSL runs it (Wu et al. 2018, Sec. 3.4: k=200, T=0.1).
+        "npid": {
+            "ks": P([200], VISSL_KNN),
+            "k": P(200, VISSL_KNN),
+            "temperature": P(0.1, VISSL_KNN),
             "chunk_size": P(1024, "harness choice: bounds memory to chunk x N_train"),
             "batch_size": P(256, "harness choice (feature extraction only)"),
         },
@@ -62,12 +81,10 @@ class KNN(Evaluator):
         ks = sorted(set(int(k) for k in p["ks"]) | {int(p["k"])})
         scores = knn_predict(ftr, ytr, fte, ks, float(p["temperature"]), len(train.classes), int(p["chunk_size"]))
         metrics = {}
-        n = len(yte)
         for k, s in scores.items():
-            top = s.topk(min(5, s.shape[1]), dim=1).indices
-            hit = top == yte[:, None]
-            metrics[f"k{k}_top1"] = 100.0 * hit[:, 0].sum().item() / n
-            metrics[f"k{k}_top5"] = 100.0 * hit.any(dim=1).sum().item() / n
+            top1, top5 = knn_topk_accuracy(s, yte)
+            metrics[f"k{k}_top1"] = top1
+            metrics[f"k{k}_top5"] = top5
         metrics["top1"] = metrics[f"k{int(p['k'])}_top1"]
         metrics["top5"] = metrics[f"k{int(p['k'])}_top5"]
         return metrics

@@ -69,3 +69,40 @@ def test_linear_probe_catches_a_changed_backbone(tiny_probe_setup, tmp_path):
     method.features = leaky_features
     with pytest.raises(BackboneChanged):
         LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)
+
+
+def test_knn_top5_counts_only_voted_classes():
+    from evals.knn import knn_topk_accuracy
+
+    # k=1: each row has exactly one voted class; the true class of row 1 has no votes.
+    scores = torch.tensor([[0.0, 2.0, 0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    top1, top5 = knn_topk_accuracy(scores, torch.tensor([1, 4]))
+    assert (top1, top5) == (50.0, 50.0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8])
+def test_knn_accuracy_equals_brute_force_for_every_k(k):
+    from evals.knn import knn_topk_accuracy
+
+    g = torch.Generator().manual_seed(k)
+    tr, te = torch.randn(40, 6, generator=g), torch.randn(25, 6, generator=g)
+    ytr, yte = torch.randint(0, 7, (40,), generator=g), torch.randint(0, 7, (25,), generator=g)
+    ref = brute_force_knn(tr, ytr, te, k, 0.1, 7)
+    top1, top5 = knn_topk_accuracy(knn_predict(tr, ytr, te, [k], 0.1, 7)[k], yte)
+    # Reference: the classes with votes, ranked by score; top-5 = true class among the first five voted.
+    hits1 = hits5 = 0
+    for row, y in zip(ref, yte):
+        ranked = [c for c in row.argsort(descending=True).tolist() if row[c] > 0]
+        hits1 += ranked[:1] == [int(y)]
+        hits5 += int(y) in ranked[:5]
+    assert top1 == pytest.approx(100 * hits1 / 25)
+    assert top5 == pytest.approx(100 * hits5 / 25)
+
+
+def test_knn_presets_match_published_protocols():
+    from evals.knn import KNN
+
+    dino, npid = KNN.config_layer("dino"), KNN.config_layer("npid")
+    # facebookresearch/dino eval_knn.py; VISSL defaults (InstDisc/NPID).
+    assert (dino["eval.knn.k"].value, dino["eval.knn.temperature"].value, dino["eval.knn.ks"].value) == (20, 0.07, [10, 20, 100, 200])
+    assert (npid["eval.knn.k"].value, npid["eval.knn.temperature"].value) == (200, 0.1)
