@@ -29,6 +29,7 @@ CONTRASTIVE = {"instdisc", "moco_v1", "moco_v2", "moco_v3", "simclr", "cmc", "su
                "simsiam", "swav", "dino", "barlow_twins", "vicreg"}
 
 
-def method_params():
-    return [pytest.param(m, marks=pytest.mark.slow) if m in CONTRASTIVE - DEFAULT_CONTRASTIVE else m
-            for m in registry.methods.names()]
+def method_params(trainable_only: bool = False):
+    names = [m for m in registry.methods.names()
+             if not trainable_only or getattr(registry.methods.get(m), "trainable", True)]
+    return [pytest.param(m, marks=pytest.mark.slow) if m in CONTRASTIVE - DEFAULT_CONTRASTIVE else m for m in names]

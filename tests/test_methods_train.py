@@ -13,7 +13,7 @@ from harness.seeding import seed_everything
 from harness.trainer import Trainer
 
 
-@pytest.mark.parametrize("method", method_params())
+@pytest.mark.parametrize("method", method_params(trainable_only=True))
 def test_few_steps_finite_and_decreasing(method, tmp_path):
     # 32 images, batch 16, 8 epochs: 16 steps on the same small set, so the loss must fall.
     cfg = build_config(RunRequest(method=method, overrides={"train.batch_size": 16, "train.epochs": 8,
