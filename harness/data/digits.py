@@ -267,7 +267,7 @@ class DigitsSuite(Suite):
         "embedded MNIST-M-style suite: sklearn's 8x8 handwritten digits blended onto "
         "natural-photo patches (10 classes, generated locally, no download)"
     )
-    supported_evals = ("linear", "knn")
+    supported_evals = ("linear", "knn", "semi_supervised")
     profile = {
         "data.image_size": 32,
         # 32px images: a 256/224 resize before the centre crop would cut the digit's edges.
@@ -284,6 +284,8 @@ class DigitsSuite(Suite):
         "eval.linear.feature_norm": "batchnorm",
         "eval.linear.crop_scale_min": 0.35,
         "eval.linear.flip": False,  # digits are not mirror-symmetric
+        "eval.semi_supervised.crop_scale_min": 0.35,
+        "eval.semi_supervised.flip": False,
     }
 
     # Generated folders older than this are from a killed generation (a run takes seconds).

@@ -1,0 +1,110 @@
+"""Semi-supervised fine-tuning: SimCLR's ImageNet subset lists, balanced subsets elsewhere, presets."""
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from harness.cli import main
+from harness.data.subsets import SIMCLR_SUBSETS, balanced_subset, simclr_subset
+from harness.errors import UsageError
+from tests.conftest import SHARED
+
+LISTS = SHARED / "data" / "imagenet_subsets"
+WNIDS = ["n01440764", "n01443537", "n09999999"]  # two listed classes, one the list lacks
+
+
+def _listed(percent: int) -> list[str]:
+    return [ln.strip() for ln in (LISTS / f"{percent}percent.txt").read_text().splitlines() if ln.strip()]
+
+
+def _mini_imagenet(root: Path) -> dict[str, list[str]]:
+    """train/<wnid>/ holding every 1%-listed file of two wnids plus unlisted ones; tiny JPEGs."""
+    listed = {w: [n for n in _listed(1) if n.startswith(w + "_")] for w in WNIDS}
+    for w in WNIDS:
+        names = listed[w] + [f"{w}_9000{i}.JPEG" for i in range(3)]
+        for split, files in (("train", names), ("val", [f"ILSVRC2012_val_{w}_{i}.JPEG" for i in range(2)])):
+            d = root / split / w
+            d.mkdir(parents=True, exist_ok=True)
+            for n in files:
+                Image.new("RGB", (8, 8), (len(n) * 7 % 255, 90, 30)).save(d / n)
+    return listed
+
+
+def test_shared_lists_are_simclrs():
+    for percent, (name, lines, sha) in SIMCLR_SUBSETS.items():
+        data = (LISTS / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == sha
+        assert len(simclr_subset(percent, LISTS / name)) == lines
+
+
+def test_one_percent_protocol_selects_exactly_the_listed_files(tmp_path):
+    from evals.semi_supervised import SemiSupervised
+    from harness.data.imagenet import ImageNetSuite
+    from harness.pipeline import RunRequest, build_config
+
+    listed = _mini_imagenet(tmp_path / "imagenet")
+    assert len(listed["n01440764"]) > 5 and listed["n09999999"] == []
+    cfg = build_config(RunRequest(method="rotation", suite="imagenet", evals="semi_supervised",
+                                  overrides={"eval.semi_supervised.subset_dir": str(LISTS)}))[0]
+    suite = ImageNetSuite(root=tmp_path / "imagenet", image_size=32)
+    train = suite.split("train")
+    picked = SemiSupervised(cfg).subset(suite, train, 1, tmp_path / "eval")
+    got = sorted(Path(train.samples[i][0]).name for i in picked)
+    assert got == sorted(listed["n01440764"] + listed["n01443537"])
+    assert all(train.classes[train.samples[i][1]] == Path(train.samples[i][0]).parent.name for i in picked)
+    saved = (tmp_path / "eval" / "subset_1pct.txt").read_text().split()
+    assert sorted(Path(s).name for s in saved) == got
+
+
+def test_corrupted_list_fails_clearly(tmp_path, capsys):
+    _mini_imagenet(tmp_path / "imagenet")
+    bad = tmp_path / "lists"
+    bad.mkdir()
+    lines = (LISTS / "1percent.txt").read_text().splitlines()
+    lines[5] = lines[5].replace(".JPEG", "1.JPEG")
+    (bad / "1percent.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UsageError, match="sha256 .* does not match SimCLR's 1percent.txt"):
+        simclr_subset(1, bad / "1percent.txt")
+    code = main(["run", "--method", "rotation", "--suite", "imagenet", "--epochs", "0", "--eval", "semi_supervised",
+                 "--output-dir", str(tmp_path / "run"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 "train.batch_size=8", f"suite.root={tmp_path / 'imagenet'}", f"eval.semi_supervised.subset_dir={bad}"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("harness: error:") and "does not match SimCLR's 1percent.txt" in err
+
+
+def test_listed_file_missing_from_the_tree_is_named(tmp_path):
+    from harness.data.subsets import select_listed
+    from harness.data.imagenet import ImageNetSuite
+
+    listed = _mini_imagenet(tmp_path / "imagenet")
+    gone = listed["n01443537"][0]
+    (tmp_path / "imagenet" / "train" / "n01443537" / gone).unlink()
+    train = ImageNetSuite(root=tmp_path / "imagenet", image_size=32).split("train")
+    with pytest.raises(UsageError, match=f"1 of .* not in the train folder \\(e.g. {gone}\\)"):
+        select_listed(train.samples, _listed(1), train.classes)
+
+
+def test_balanced_subset_is_seeded_and_class_balanced():
+    labels = [c for c in range(4) for _ in range(50)] + [4] * 7
+    a, b, c = balanced_subset(labels, 10, seed=0), balanced_subset(labels, 10, seed=0), balanced_subset(labels, 10, seed=1)
+    assert a == b and a != c
+    per_class = [sum(labels[i] == k for i in a) for k in range(5)]
+    assert per_class == [5, 5, 5, 5, 1]
+    with pytest.raises(UsageError):
+        balanced_subset(labels, 0, seed=0)
+
+
+def test_presets_match_reference():
+    from evals.semi_supervised import SemiSupervised
+
+    v2 = {k.split(".")[-1]: p.value for k, p in SemiSupervised.config_layer("simclr_v2").items() if hasattr(p, "value")}
+    mm = {k.split(".")[-1]: p.value for k, p in SemiSupervised.config_layer("mmselfsup").items() if hasattr(p, "value")}
+    # REFERENCE.md: SimCLR v2 fine-tunes 60 epochs for 1 %, 30 for 10 %.
+    assert dict(zip(v2["fractions"], v2["epochs"])) == {1: 60, 10: 30}
+    # REFERENCE.md: mmselfsup 20 epochs, batch 256, lr in {0.1, 0.01, 0.001}, head lr x{1, 10, 100},
+    # wd 5e-4, steps [12, 16] x0.2.
+    assert mm["epochs"] == [20, 20] and mm["batch_size"] == 256 and mm["weight_decay"] == 5e-4
+    assert mm["lr"] in (0.1, 0.01, 0.001) and mm["head_lr_mult"] in (1, 10, 100)
+    assert (mm["milestones"], mm["gamma"]) == ([12, 16], 0.2)
