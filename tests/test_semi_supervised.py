@@ -108,3 +108,24 @@ def test_presets_match_reference():
     assert mm["epochs"] == [20, 20] and mm["batch_size"] == 256 and mm["weight_decay"] == 5e-4
     assert mm["lr"] in (0.1, 0.01, 0.001) and mm["head_lr_mult"] in (1, 10, 100)
     assert (mm["milestones"], mm["gamma"]) == ([12, 16], 0.2)
+
+
+def test_rotation_gives_linear_knn_and_semi_supervised(tmp_path, capsys):
+    import json
+
+    from tests.conftest import TINY
+
+    out = tmp_path / "run"
+    code = main(["run", "--method", "rotation", "--epochs", "1", "--eval", "linear,knn,semi_supervised",
+                 "--output-dir", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *TINY,
+                 "eval.semi_supervised.epochs=[3,2]"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    results = json.loads((out / "results.json").read_text())["results"]
+    semi = results["semi_supervised"]
+    for key in ("pct1_top1", "pct1_top5", "pct10_top1", "pct10_top5"):
+        assert 0.0 <= semi[key] <= 100.0
+    # 192 training images, under 100 per class: 1 % is one image per class, 10 % ceil(n / 10) each.
+    assert semi["pct1_images"] == 10.0 and 20.0 <= semi["pct10_images"] <= 30.0
+    assert {"linear", "knn"} <= set(results)
+    saved = (out / "evals" / "semi_supervised" / "subset_10pct.txt").read_text().split()
+    assert len(saved) == semi["pct10_images"] and all(s.endswith(".png") for s in saved)
