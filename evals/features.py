@@ -7,14 +7,17 @@ from harness.progress import progress
 
 
 @torch.no_grad()
-def extract(method, dataset, device: torch.device, batch_size: int = 256, desc: str = "features", num_workers: int = 0):
-    """Returns (features [N, D] float32 on CPU, labels [N] long) in dataset order."""
+def extract(method, dataset, device: torch.device, batch_size: int = 256, desc: str = "features", num_workers: int = 0,
+            features=None):
+    """Returns (features [N, D] float32 on CPU, labels [N] long) in dataset order;
+    ``features`` (images -> [B, D]) replaces ``method.features``."""
+    features = features or method.features
     was_training = method.training
     method.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     feats, labels = [], []
     for x, y in progress(loader, desc=desc, unit="batch", leave=False):
-        feats.append(method.features(x.to(device)).float().cpu())
+        feats.append(features(x.to(device)).float().cpu())
         labels.append(torch.as_tensor(y))
     method.train(was_training)
     return torch.cat(feats), torch.cat(labels)

@@ -106,3 +106,60 @@ def test_knn_presets_match_published_protocols():
     # facebookresearch/dino eval_knn.py; VISSL defaults (InstDisc/NPID).
     assert (dino["eval.knn.k"].value, dino["eval.knn.temperature"].value, dino["eval.knn.ks"].value) == (20, 0.07, [10, 20, 100, 200])
     assert (npid["eval.knn.k"].value, npid["eval.knn.temperature"].value) == (200, 0.1)
+
+
+def test_linear_presets_match_reference():
+    def values(preset):
+        return {k.split(".")[-1]: p.value for k, p in LinearProbe.config_layer(preset).items() if hasattr(p, "value")}
+
+    moco, simclr, dino = values("moco"), values("simclr"), values("dino")
+    # REFERENCE.md, "Linear probe, MoCo / SimCLR / DINO".
+    assert (moco["lr"], moco["momentum"], moco["weight_decay"], moco["batch_size"], moco["epochs"], moco["milestones"]) == (30.0, 0.9, 0.0, 256, 100, [60, 80])
+    assert (simclr["lr"], simclr["lr_scaling"], simclr["weight_decay"], simclr["epochs"], simclr["batch_size"]) == (0.1, "linear", 1e-6, 90, 4096)
+    assert (dino["epochs"], dino["lr"], dino["lr_scaling"], dino["schedule"], dino["readout"]) == (100, 0.001, "linear", "cosine", "dino")
+
+
+def test_dino_readouts_of_a_vit():
+    from evals.linear import readout_features
+    from harness.backbones import create_backbone
+    from harness.errors import UsageError
+
+    class Holder:
+        def __init__(self, backbone, name):
+            self.backbone, self.cfg = backbone, {"backbone.name": name}
+
+        def features(self, x):
+            return self.backbone(x)
+
+    torch.manual_seed(0)
+    vit = create_backbone("vit_tiny", img_size=32, patch_size=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    last4 = readout_features(Holder(vit, "vit_tiny"), x, "last4_cls")
+    both = readout_features(Holder(vit, "vit_tiny"), x, "cls_avgpool")
+    assert last4.shape == (2, 4 * 192) and both.shape == (2, 2 * 192)
+    # The last of the four class tokens is the backbone's own (final-norm) output.
+    torch.testing.assert_close(last4[:, -192:], vit(x))
+    torch.testing.assert_close(both[:, :192], vit(x))
+    torch.testing.assert_close(readout_features(Holder(vit, "vit_tiny"), x, "dino"), last4)  # ViT-Ti/S: last 4
+    resnet = create_backbone("resnet_small", width=0.5).eval()
+    assert readout_features(Holder(resnet, "resnet_small"), x, "dino").shape == (2, resnet.num_features)
+    with pytest.raises(UsageError, match="needs a ViT backbone"):
+        readout_features(Holder(resnet, "resnet_small"), x, "last4_cls")
+
+
+@pytest.mark.parametrize("preset", ["simclr", "dino"])
+def test_linear_probe_runs_other_presets(preset, tmp_path):
+    from harness.data.digits import DigitsSuite
+    from harness.pipeline import RunRequest, build_config
+    from methods.rotation import Rotation
+
+    cfg = build_config(RunRequest(method="rotation", overrides={
+        "eval.linear.preset": preset, "eval.linear.epochs": 1, "eval.linear.batch_size": 32}))[0]
+    assert cfg["eval.linear.preset"] == preset and cfg["eval.linear.schedule"] == "cosine"
+    torch.manual_seed(0)
+    method = Rotation(cfg)
+    suite = DigitsSuite(image_size=32)
+    suite.train_subset = 64
+    before = state_fingerprint(method)
+    metrics = LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)
+    assert state_fingerprint(method) == before and 0 <= metrics["top1"] <= metrics["top5"] <= 100

@@ -28,6 +28,18 @@ class ViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(x)
 
+    def forward_readout(self, x: torch.Tensor, kind: str) -> torch.Tensor:
+        """DINO's linear-probe inputs (eval_linear.py): ``last4_cls`` concatenates the
+        normed class tokens of the last four blocks; ``cls_avgpool`` the last block's class
+        token and its mean patch token."""
+        if kind == "last4_cls":
+            outs = self.vit.get_intermediate_layers(x, n=4, return_prefix_tokens=True, norm=True)
+            return torch.cat([prefix[:, 0] for _, prefix in outs], dim=-1)
+        if kind == "cls_avgpool":
+            tokens = self.vit.forward_features(x)
+            return torch.cat([tokens[:, 0], tokens[:, self.vit.num_prefix_tokens:].mean(dim=1)], dim=-1)
+        raise ValueError(f"unknown ViT read-out {kind!r}: expected last4_cls or cls_avgpool")
+
     def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]
         return tokens.transpose(1, 2).reshape(x.shape[0], self.num_features, *self.grid)
