@@ -73,8 +73,10 @@ class Supervised(Method):
     def training_step(self, batch):
         images, labels = batch
         logits = self.classifier(self.backbone(images))
-        loss = F.cross_entropy(logits, labels, label_smoothing=float(self.cfg["method.label_smoothing"]))
-        return {"loss": loss, "train_acc": (logits.argmax(1) == labels).float().mean()}
+        # Label -1 marks an unlabeled image (STL-10's pretraining split): no supervision there.
+        loss = F.cross_entropy(logits, labels, ignore_index=-1, label_smoothing=float(self.cfg["method.label_smoothing"]))
+        known = labels >= 0
+        return {"loss": loss, "train_acc": (logits.argmax(1) == labels)[known].float().mean()}
 
 
 class Random(Method):

@@ -36,6 +36,10 @@ class Suite:
     def content_hash(self) -> str:
         raise NotImplementedError
 
+    def pretrain_split(self, transform=None) -> ImageFolder:
+        """The images pretraining reads (the train split unless a suite adds unlabeled ones)."""
+        return self.split("train", transform)
+
     def split(self, split: str, transform=None) -> ImageFolder:
         root = self.prepare()
         ds = ImageFolder(str(root / split), transform=transform)

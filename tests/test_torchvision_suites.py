@@ -1,0 +1,79 @@
+"""CIFAR / STL-10 suites: torchvision's archives exported once into the ImageFolder layout.
+The archives are made here in torchvision's own format (no download in tests)."""
+import pickle
+
+import numpy as np
+import pytest
+import torchvision.datasets.cifar as tv_cifar
+
+from harness.cli import main
+from harness.data.torchvision_suites import CIFAR10Suite, STL10Suite
+from harness.errors import UsageError
+
+
+def _fake_cifar10(root, per_batch=6):
+    d = root / "cifar10" / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [int(x) for x in rng.integers(0, 10, per_batch)]
+        data = rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8)
+        with open(d / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}, f)
+
+
+@pytest.fixture
+def trusting_torchvision(monkeypatch):
+    # The fake archives cannot match torchvision's md5 sums; everything else is its real reader.
+    monkeypatch.setattr(tv_cifar.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+
+
+def test_cifar10_exports_imagefolder_with_labels(tmp_path, trusting_torchvision):
+    _fake_cifar10(tmp_path)
+    suite = CIFAR10Suite(root=tmp_path, download=False)
+    train, val = suite.split("train"), suite.split("val")
+    assert (len(train), len(val)) == (30, 6)
+    tv = tv_cifar.CIFAR10(str(tmp_path / "cifar10"), train=True)
+    # Same images, same labels, in torchvision's order (file i of the export is sample i).
+    by_index = {int(p.rsplit("/", 1)[1][:6]): (p, y) for p, y in train.samples}
+    for i in (0, 7, 29):
+        path, y = by_index[i]
+        assert train.classes[y] == tv.classes[tv.targets[i]]
+        assert np.array_equal(np.asarray(train.loader(path)), np.asarray(tv[i][0]))
+    h = suite.content_hash()
+    assert CIFAR10Suite(root=tmp_path, download=False).content_hash() == h  # cached export, same hash
+
+
+def test_missing_archive_is_one_line_error(tmp_path, capsys):
+    with pytest.raises(UsageError, match="could not read or download cifar10"):
+        CIFAR10Suite(root=tmp_path, download=False).prepare()
+    code = main(["run", "--method", "rotation", "--suite", "cifar10", "--eval", "knn", f"suite.root={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("harness: error: suite 'cifar10'")
+
+
+def test_stl10_pretraining_adds_unlabeled_images(tmp_path, monkeypatch):
+    from PIL import Image
+
+    class FakeSTL10:
+        classes = ["airplane", "bird"]
+
+        def __init__(self, root, download, split):
+            self.n = {"train": 4, "test": 2, "unlabeled": 5}[split]
+            self.split = split
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            label = -1 if self.split == "unlabeled" else i % 2
+            return Image.new("RGB", (96, 96), (i * 20, 0, 0)), label
+
+    monkeypatch.setattr(STL10Suite, "torchvision_dataset", lambda self, **kw: FakeSTL10(**kw))
+    suite = STL10Suite(root=tmp_path)
+    pre = suite.pretrain_split()
+    assert len(suite.split("train")) == 4 and len(pre) == 9
+    assert sorted(pre.targets).count(-1) == 5 and set(suite.split("val").classes) == {"airplane", "bird"}
