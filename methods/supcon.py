@@ -80,4 +80,9 @@ class SupCon(Method):
         # Every process scores its images against the global batch (identity in one process).
         features = gather_with_grad(features)
         labels = concat_all_gather(labels) if use_labels else None
+        if labels is not None and bool((labels < 0).any()):
+            # Unlabeled images (label -1, STL-10) are each a class of their own: positives are
+            # only their other views, SimCLR's loss for them.
+            own = -1 - torch.arange(len(labels), device=labels.device)
+            labels = torch.where(labels < 0, own, labels)
         return {"loss": supcon_loss(features, labels, float(self.cfg["method.temperature"]))}

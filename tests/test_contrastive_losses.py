@@ -622,3 +622,20 @@ X = randn(4, 5).float()
 def test_bad_inputs_raise_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_supcon_treats_unlabeled_images_as_their_own_class():
+    from harness.pipeline import RunRequest, build_config
+    from methods.losses import supcon_loss
+    from methods.supcon import SupCon
+
+    cfg = build_config(RunRequest(method="supcon"))[0]
+    torch.manual_seed(0)
+    m = SupCon(cfg).eval()
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    with torch.no_grad():
+        z = m.embed(views)
+        got = m.training_step((views, torch.tensor([3, -1, -1, 3])))["loss"]
+        # The two unlabeled images must not be each other's positives.
+        want = supcon_loss(z, torch.tensor([3, -10, -20, 3]), float(cfg["method.temperature"]))
+    torch.testing.assert_close(got, want)
