@@ -14,22 +14,34 @@ VISSL_KNN = "facebookresearch/vissl configs/config/defaults.yaml (NPID kNN: k=20
 
 
 @torch.no_grad()
-def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-                ks: list[int], temperature: float, num_classes: int, chunk_size: int = 1024) -> dict[int, torch.Tensor]:
+def knn_predict(train_feats, train_labels: torch.Tensor, test_feats, ks: list[int], temperature: float,
+                num_classes: int, chunk_size: int = 1024, train_chunk_size: int = 65536) -> dict[int, torch.Tensor]:
     """Class scores [N_test, C] for each k: cosine top-k votes weighted by exp(sim / T).
 
-    Features are L2-normalised here. Test rows are processed ``chunk_size`` at a time, so
-    the similarity matrix held at once is chunk_size x N_train, never N_test x N_train.
+    Features (tensors, or NumPy arrays such as the on-disk feature cache's memory maps) are
+    L2-normalised here, a block at a time: at most ``chunk_size`` test rows and
+    ``train_chunk_size`` train rows are in memory at once, and a running top-k is merged
+    across train blocks, so 1.28M x 2048 ImageNet features never have to fit in memory.
     """
-    train = F.normalize(train_feats.float(), dim=1)
-    test = F.normalize(test_feats.float(), dim=1)
-    kmax = min(max(ks), train.shape[0])
+    n_train, n_test = len(train_feats), len(test_feats)
+    kmax = min(max(ks), n_train)
+    train_labels = torch.as_tensor(train_labels)
     out = {k: [] for k in ks}
-    for start in range(0, test.shape[0], chunk_size):
-        sim = test[start:start + chunk_size] @ train.t()
-        top_sim, top_idx = sim.topk(kmax, dim=1)  # sorted, most similar first
-        weights = (top_sim / temperature).exp()
-        onehot = F.one_hot(train_labels[top_idx], num_classes).float()  # [n, kmax, C]
+    train_blocks = [(s, min(s + train_chunk_size, n_train)) for s in range(0, n_train, train_chunk_size)]
+    cached = [F.normalize(torch.as_tensor(train_feats[a:b]).float(), dim=1) for a, b in train_blocks] \
+        if len(train_blocks) == 1 else None  # one block: normalise once, not per test chunk
+    for start in range(0, n_test, chunk_size):
+        test = F.normalize(torch.as_tensor(test_feats[start:start + chunk_size]).float(), dim=1)
+        best_sim = torch.full((len(test), 0), float("-inf"))
+        best_idx = torch.zeros((len(test), 0), dtype=torch.long)
+        for j, (a, b) in enumerate(train_blocks):
+            train = cached[j] if cached else F.normalize(torch.as_tensor(train_feats[a:b]).float(), dim=1)
+            sim = test @ train.t()
+            top_sim, top_idx = sim.topk(min(kmax, b - a), dim=1)
+            best_sim, order = torch.cat([best_sim, top_sim], 1).topk(min(kmax, best_sim.shape[1] + top_sim.shape[1]), dim=1)
+            best_idx = torch.cat([best_idx, top_idx + a], 1).gather(1, order)
+        weights = (best_sim / temperature).exp()
+        onehot = F.one_hot(train_labels[best_idx], num_classes).float()  # [n, kmax, C]
         for k in ks:
             kk = min(k, kmax)
             out[k].append((onehot[:, :kk] * weights[:, :kk, None]).sum(dim=1))

@@ -17,14 +17,26 @@ def brute_force_knn(tr, ytr, te, k, T, C):
     return out
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 1000])
-def test_knn_equals_brute_force(chunk):
+@pytest.mark.parametrize("chunk, train_chunk", [(1, 65536), (7, 65536), (1000, 65536), (5, 7), (13, 1), (4, 59)])
+def test_knn_equals_brute_force(chunk, train_chunk):
     g = torch.Generator().manual_seed(0)
     tr, te = torch.randn(60, 5, generator=g), torch.randn(13, 5, generator=g)
     ytr = torch.randint(0, 4, (60,), generator=g)
-    got = knn_predict(tr, ytr, te, [1, 3, 10, 200], 0.07, 4, chunk_size=chunk)
+    got = knn_predict(tr, ytr, te, [1, 3, 10, 200], 0.07, 4, chunk_size=chunk, train_chunk_size=train_chunk)
     for k in (1, 3, 10, 200):
         torch.testing.assert_close(got[k], brute_force_knn(tr, ytr, te, min(k, 60), 0.07, 4), rtol=1e-5, atol=1e-5)
+
+
+def test_knn_reads_memory_mapped_features(tmp_path):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(1)
+    tr, te = torch.randn(50, 6, generator=g), torch.randn(9, 6, generator=g)
+    ytr = torch.randint(0, 3, (50,), generator=g)
+    np.save(tmp_path / "tr.npy", tr.numpy())
+    mm = np.load(tmp_path / "tr.npy", mmap_mode="r")
+    got = knn_predict(mm, ytr, te, [5], 0.1, 3, chunk_size=4, train_chunk_size=8)[5]
+    torch.testing.assert_close(got, brute_force_knn(tr, ytr, te, 5, 0.1, 3), rtol=1e-5, atol=1e-5)
 
 
 def test_fingerprint_sees_buffers():
