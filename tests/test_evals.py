@@ -175,3 +175,24 @@ def test_linear_probe_runs_other_presets(preset, tmp_path):
     before = state_fingerprint(method)
     metrics = LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)
     assert state_fingerprint(method) == before and 0 <= metrics["top1"] <= metrics["top5"] <= 100
+
+
+def test_fast_linear_sweeps_on_features_shared_with_knn(tiny_probe_setup, tmp_path):
+    from evals.knn import KNN
+    from evals.linear_fast import FastLinear
+    from harness.pipeline import RunRequest, build_config
+
+    _, method, suite = tiny_probe_setup
+    cfg = build_config(RunRequest(method="rotation", overrides={
+        "eval.linear_fast.lrs": [0.001, 0.1], "eval.linear_fast.epochs": 3, "eval.linear_fast.batch_size": 16}))[0]
+    calls = []
+    plain = method.features
+    method.features = lambda x: calls.append(len(x)) or plain(x)
+    knn = KNN(cfg).run(method, suite, torch.device("cpu"), tmp_path / "evals" / "knn")
+    n_after_knn = sum(calls)
+    fast = FastLinear(cfg).run(method, suite, torch.device("cpu"), tmp_path / "evals" / "linear_fast")
+    assert n_after_knn == 64 + 359 and sum(calls) == n_after_knn  # extracted once, read twice
+    assert len(list((tmp_path / "evals" / "_features").glob("*.labels.npy"))) == 2
+    assert fast["best_lr"] in (0.001, 0.1) and 0 <= fast["top1"] <= fast["top5"] <= 100
+    assert {"lr0.001_holdout_top1", "lr0.1_holdout_top1"} <= set(fast) and 0 <= knn["top1"] <= 100
+    assert FastLinear.protocol == "linear_fast" != LinearProbe.protocol

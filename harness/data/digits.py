@@ -267,7 +267,7 @@ class DigitsSuite(Suite):
         "embedded MNIST-M-style suite: sklearn's 8x8 handwritten digits blended onto "
         "natural-photo patches (10 classes, generated locally, no download)"
     )
-    supported_evals = ("linear", "knn", "semi_supervised")
+    supported_evals = ("linear", "knn", "linear_fast", "semi_supervised")
     profile = {
         "data.image_size": 32,
         # 32px images: a 256/224 resize before the centre crop would cut the digit's edges.
