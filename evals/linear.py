@@ -16,7 +16,8 @@ from harness.optim import LARS, step_decay, warmup_cosine
 from harness.progress import progress
 from harness.seeding import derive_seed
 from evals.base import Evaluator
-from evals.features import extract, topk_correct
+from methods.base import PROBE_LAYERS
+from evals.features import topk_correct
 
 MOCO = "facebookresearch/moco main_lincls.py"
 SIMCLR = "google-research/simclr README (linear evaluation)"
@@ -42,16 +43,6 @@ def readout_features(method, x: torch.Tensor, readout: str) -> torch.Tensor:
     if not is_vit:
         raise UsageError(f"eval.linear.readout={readout}: needs a ViT backbone, not '{method.cfg['backbone.name']}'")
     return backbone.forward_readout(x, readout)
-
-
-def readout_dim(method, readout: str) -> int:
-    with torch.no_grad():
-        was = method.training
-        method.eval()
-        size = int(method.cfg["data.image_size"])
-        dim = readout_features(method, torch.zeros(2, 3, size, size, device=next(method.parameters()).device), readout).shape[1]
-        method.train(was)
-    return dim
 
 
 class BackboneChanged(AssertionError):
@@ -88,6 +79,7 @@ class LinearProbe(Evaluator):
             "lr_scaling": P("none", f"{MOCO}: lr 30 at batch 256"),
             "schedule": P("step", MOCO),
             "readout": P("probe_layer", f"{MOCO}: the pooled backbone output"),
+            "layers": P([], "harness: [] = one probe at the read-out; e.g. [block1, block2, block3, block4, pre_logits] trains one head per layer in one frozen pass"),
         },
         "simclr": {
             "epochs": P(90, SIMCLR),
@@ -103,6 +95,7 @@ class LinearProbe(Evaluator):
             "flip": P(True, SIMCLR),
             "feature_norm": P("none", SIMCLR),
             "readout": P("probe_layer", SIMCLR),
+            "layers": P([], "harness: one probe at the read-out unless layers are listed"),
         },
         "dino": {
             "epochs": P(100, DINO),
@@ -118,6 +111,7 @@ class LinearProbe(Evaluator):
             "flip": P(True, DINO),
             "feature_norm": P("none", DINO),
             "readout": P("dino", f"{DINO}: ViT-S concatenates the last 4 class tokens, ViT-B adds avgpool"),
+            "layers": P([], "harness: one probe at the read-out unless layers are listed"),
         },
     }
 
@@ -136,18 +130,26 @@ class LinearProbe(Evaluator):
         readout = p["readout"]
         if readout not in READOUTS:
             raise UsageError(f"eval.linear.readout={readout!r}: expected one of {', '.join(READOUTS)}")
-        dim = method.num_features if readout == "probe_layer" else readout_dim(method, readout)
-        torch.manual_seed(derive_seed(seed, 11))
-        linear = nn.Linear(dim, num_classes)
-        # MoCo initialises the probe with N(0, 0.01) weights and zero bias.
-        nn.init.normal_(linear.weight, std=0.01)
-        nn.init.zeros_(linear.bias)
-        if p["feature_norm"] == "batchnorm":
-            head = nn.Sequential(nn.BatchNorm1d(method.num_features, affine=False), linear).to(device)
-        elif p["feature_norm"] == "none":
-            head = linear.to(device)
-        else:
+        layers = list(p["layers"])
+
+        def read(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            if not layers:
+                return {"probe": readout_features(method, x, readout)}
+            return method.represent_layers(x, layers)
+
+        with torch.no_grad():
+            dims = {k: f.shape[1] for k, f in read(torch.zeros(2, 3, size, size, device=next(method.parameters()).device)).items()}
+        if p["feature_norm"] not in ("none", "batchnorm"):
             raise UsageError(f"eval.linear.feature_norm={p['feature_norm']!r}: expected 'none' or 'batchnorm'")
+        torch.manual_seed(derive_seed(seed, 11))
+        heads = nn.ModuleDict()
+        for name, dim in dims.items():
+            linear = nn.Linear(dim, num_classes)
+            # MoCo initialises the probe with N(0, 0.01) weights and zero bias.
+            nn.init.normal_(linear.weight, std=0.01)
+            nn.init.zeros_(linear.bias)
+            heads[name] = nn.Sequential(nn.BatchNorm1d(dim, affine=False), linear) if p["feature_norm"] == "batchnorm" else linear
+        head = heads.to(device)
         bs = int(p["batch_size"])
         scaling = {"none": 1.0, "linear": bs / 256}
         if p["lr_scaling"] not in scaling:
@@ -177,8 +179,10 @@ class LinearProbe(Evaluator):
                 for g in opt.param_groups:
                     g["lr"] = float(schedule[min(step, len(schedule) - 1)])
                 with torch.no_grad():
-                    f = readout_features(method, x.to(device), readout)
-                loss = F.cross_entropy(head(f.float()), y.to(device))
+                    feats = read(x.to(device))
+                y = y.to(device)
+                # One frozen pass feeds every layer's head; their losses are independent.
+                loss = sum(F.cross_entropy(head[k](f.float()), y) for k, f in feats.items())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -189,14 +193,32 @@ class LinearProbe(Evaluator):
 
         head.eval()
         val = suite.split("val", eval_transform(size, self.cfg["data.eval_resize_ratio"]))
-        feats, labels = extract(method, val, device, min(bs, 256), "linear: val",
-                                features=lambda x: readout_features(method, x, readout))
+        scores = {k: [] for k in heads}
+        labels = []
         with torch.no_grad():
-            scores = head(feats.to(device)).cpu()
-        correct = topk_correct(scores, labels, (1, 5))
+            for x, y in progress(DataLoader(val, batch_size=min(bs, 256)), desc="linear: val", unit="batch", leave=False):
+                for k, f in read(x.to(device)).items():
+                    scores[k].append(head[k](f.float()).cpu())
+                labels.append(torch.as_tensor(y))
+        labels = torch.cat(labels)
+        n = len(labels)
+        metrics = {"final_train_loss": float(loss.item())}
+        for k, sc in scores.items():
+            correct = topk_correct(torch.cat(sc), labels, (1, 5))
+            metrics[f"{k}_top1"], metrics[f"{k}_top5"] = 100.0 * correct[1] / n, 100.0 * correct[5] / n
         if state_fingerprint(method) != before:
             raise BackboneChanged("the linear probe changed the frozen backbone's weights or statistics")
         for q in method.parameters():
             q.requires_grad_(True)
-        n = len(labels)
-        return {"top1": 100.0 * correct[1] / n, "top5": 100.0 * correct[5] / n, "final_train_loss": float(loss.item())}
+        # The headline is the configured read-out's; with several layers, backbone.probe_layer's
+        # head if it is among them, else the best layer's (named in best_layer).
+        if not layers:
+            key = "probe"
+        else:
+            probe = self.cfg.get("backbone.probe_layer", "pre_logits")
+            key = probe if probe in layers else max(layers, key=lambda l: metrics[f"{l}_top1"])
+            metrics["best_layer"] = float(PROBE_LAYERS.index(max(layers, key=lambda l: metrics[f"{l}_top1"])))
+        metrics["top1"], metrics["top5"] = metrics[f"{key}_top1"], metrics[f"{key}_top5"]
+        if not layers:
+            del metrics["probe_top1"], metrics["probe_top5"]
+        return metrics

@@ -92,6 +92,22 @@ class Method(nn.Module):
             return self.backbone(x)
         return self.backbone.forward_block(x, block).mean(dim=(2, 3))
 
+    def represent_layers(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        """Several read-outs of one pass (multi-layer linear probes): ``pre_logits`` and the
+        average-pooled maps of ResNet stages ``block1``..``block4``."""
+        from harness.errors import UsageError
+
+        unknown = [l for l in layers if l not in PROBE_LAYERS]
+        if unknown:
+            raise UsageError(f"eval.linear.layers: unknown layer(s) {', '.join(unknown)}; expected some of {', '.join(PROBE_LAYERS)}")
+        if set(layers) == {"pre_logits"}:
+            return {"pre_logits": self.backbone(x)}
+        if not hasattr(self.backbone, "forward_stages") or not self.probes_blocks:
+            raise UsageError(f"eval.linear.layers={layers}: method '{self.name}' with backbone "
+                             f"'{self.cfg['backbone.name']}' can only be probed at pre_logits")
+        stages = self.backbone.forward_stages(x)
+        return {l: stages[l] if l == "pre_logits" else stages[l].mean(dim=(2, 3)) for l in layers}
+
     def _probe_block(self) -> int | None:
         from harness.errors import UsageError
 

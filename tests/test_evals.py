@@ -196,3 +196,33 @@ def test_fast_linear_sweeps_on_features_shared_with_knn(tiny_probe_setup, tmp_pa
     assert fast["best_lr"] in (0.001, 0.1) and 0 <= fast["top1"] <= fast["top5"] <= 100
     assert {"lr0.001_holdout_top1", "lr0.1_holdout_top1"} <= set(fast) and 0 <= knn["top1"] <= 100
     assert FastLinear.protocol == "linear_fast" != LinearProbe.protocol
+
+
+def test_multi_layer_probe_trains_every_layer_in_one_frozen_pass(tiny_probe_setup, tmp_path):
+    from harness.pipeline import RunRequest, build_config
+
+    _, method, suite = tiny_probe_setup
+    cfg = build_config(RunRequest(method="rotation", overrides={
+        "eval.linear.epochs": 1, "eval.linear.milestones": [], "eval.linear.batch_size": 32,
+        "eval.linear.layers": ["block1", "block3", "pre_logits"]}))[0]
+    passes = []
+    stages = method.backbone.forward_stages
+    method.backbone.forward_stages = lambda x: passes.append(len(x)) or stages(x)
+    before = state_fingerprint(method)
+    m = LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)
+    assert state_fingerprint(method) == before
+    # 64 train images (2 steps of 32) and 359 val images, each seen by one pass for all three heads.
+    assert sum(passes) == 2 + 64 + 359  # + the 2-image shape probe
+    for layer in ("block1", "block3", "pre_logits"):
+        assert 0 <= m[f"{layer}_top1"] <= m[f"{layer}_top5"] <= 100
+    assert m["top1"] == m["pre_logits_top1"]
+
+
+def test_multi_layer_probe_rejects_unknown_or_unprobeable_layers(tiny_probe_setup, tmp_path):
+    from harness.errors import UsageError
+    from harness.pipeline import RunRequest, build_config
+
+    _, method, suite = tiny_probe_setup
+    cfg = build_config(RunRequest(method="rotation", overrides={"eval.linear.layers": ["conv9"]}))[0]
+    with pytest.raises(UsageError, match="unknown layer"):
+        LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)

@@ -82,6 +82,17 @@ class ResNet(nn.Module):
             x = stage(x)
         return x
 
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every stage's maps (``block1``..``block4``) and the pooled output (``pre_logits``)
+        from one pass: multi-layer probes read them all at the cost of one forward."""
+        out = {}
+        x = self.stem(x)
+        for i, stage in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
+            x = stage(x)
+            out[f"block{i}"] = x
+        out["pre_logits"] = torch.flatten(self.pool(x), 1)
+        return out
+
     def block_channels(self, block: int) -> int:
         return self._block_channels[block - 1]
 
