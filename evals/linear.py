@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from harness.config import P
 from harness.errors import UsageError
 from harness.data.loading import EpochSampler, SeededTransformDataset
-from harness.data.transforms import crop_flip_transform, eval_transform
+from harness.data.transforms import crop_flip_transform, eval_transform, resize_crop_transform
 from harness.optim import LARS, step_decay, warmup_cosine
 from harness.progress import progress
 from harness.seeding import derive_seed
@@ -22,6 +22,7 @@ from evals.features import topk_correct
 MOCO = "facebookresearch/moco main_lincls.py"
 SIMCLR = "google-research/simclr README (linear evaluation)"
 DINO = "facebookresearch/dino eval_linear.py"
+REVISITING = "google/revisiting-self-supervised config/evaluation/rotation_or_exemplar.sh, trainer.py, linear_eval.py"
 
 READOUTS = ("probe_layer", "dino", "last4_cls", "cls_avgpool")
 
@@ -80,6 +81,8 @@ class LinearProbe(Evaluator):
             "schedule": P("step", MOCO),
             "readout": P("probe_layer", f"{MOCO}: the pooled backbone output"),
             "layers": P([], "harness: [] = one probe at the read-out; e.g. [block1, block2, block3, block4, pre_logits] trains one head per layer in one frozen pass"),
+            "pooling": P("avg", "harness: stage maps average-pooled"),
+            "train_crop": P("random_resized", f"{MOCO}: RandomResizedCrop + flip"),
         },
         "simclr": {
             "epochs": P(90, SIMCLR),
@@ -96,6 +99,8 @@ class LinearProbe(Evaluator):
             "feature_norm": P("none", SIMCLR),
             "readout": P("probe_layer", SIMCLR),
             "layers": P([], "harness: one probe at the read-out unless layers are listed"),
+            "pooling": P("avg", "harness: stage maps average-pooled"),
+            "train_crop": P("random_resized", SIMCLR),
         },
         "dino": {
             "epochs": P(100, DINO),
@@ -112,6 +117,28 @@ class LinearProbe(Evaluator):
             "feature_norm": P("none", DINO),
             "readout": P("dino", f"{DINO}: ViT-S concatenates the last 4 class tokens, ViT-B adds avgpool"),
             "layers": P([], "harness: one probe at the read-out unless layers are listed"),
+            "pooling": P("avg", "harness: stage maps average-pooled"),
+            "train_crop": P("random_resized", DINO),
+        },
+        # Logistic regression on frozen (max-pooled) taps, Kolesnikov et al. 2019. The public
+        # config's "reported results" variant: batch 2048, 520 epochs, decay at 480/500.
+        "revisiting": {
+            "epochs": P(70, f"{REVISITING}: --epochs 70"),
+            "batch_size": P(512, f"{REVISITING}: --batch_size 512"),
+            "lr": P(0.1, f"{REVISITING}: --lr 0.1 --lr_scale_batch_size 256"),
+            "lr_scaling": P("linear", REVISITING),
+            "momentum": P(0.9, f"{REVISITING}: MomentumOptimizer(momentum=0.9)"),
+            "optimizer": P("sgd", REVISITING),
+            "weight_decay": P(0.0, f"{REVISITING}: weight_decay flag unset (0)"),
+            "schedule": P("step", REVISITING),
+            "milestones": P([30, 50], f"{REVISITING}: --decay_epochs 30,50 (x0.1)"),
+            "train_crop": P("resize_crop", f"{REVISITING}: --preprocessing resize_small,crop (256 -> 224)"),
+            "crop_scale_min": P(1.0, "unused by resize_crop"),
+            "flip": P(False, f"{REVISITING}: no flip in the preprocessing"),
+            "feature_norm": P("none", REVISITING),
+            "readout": P("probe_layer", REVISITING),
+            "layers": P([], f"{REVISITING}: a head per tap; list them here (e.g. [block3, block4, pre_logits])"),
+            "pooling": P("max9000", f"{REVISITING}: --pool_mode max, taps above 9,000 features pooled down"),
         },
     }
 
@@ -125,17 +152,28 @@ class LinearProbe(Evaluator):
             q.requires_grad_(False)
 
         train_base = suite.split("train")
-        train = SeededTransformDataset(train_base, crop_flip_transform(size, p["crop_scale_min"], p["flip"]), derive_seed(seed, 10))
+        if p["train_crop"] == "random_resized":
+            train_tf = crop_flip_transform(size, p["crop_scale_min"], p["flip"])
+        elif p["train_crop"] == "resize_crop":
+            train_tf = resize_crop_transform(size, self.cfg["data.eval_resize_ratio"], p["flip"])
+        else:
+            raise UsageError(f"eval.linear.train_crop={p['train_crop']!r}: expected random_resized or resize_crop")
+        train = SeededTransformDataset(train_base, train_tf, derive_seed(seed, 10))
         num_classes = len(train_base.classes)
         readout = p["readout"]
         if readout not in READOUTS:
             raise UsageError(f"eval.linear.readout={readout!r}: expected one of {', '.join(READOUTS)}")
         layers = list(p["layers"])
 
+        pool = p["pooling"]
+        probe_layer = self.cfg.get("backbone.probe_layer", "pre_logits")
+
         def read(x: torch.Tensor) -> dict[str, torch.Tensor]:
             if not layers:
+                if pool != "avg" and readout == "probe_layer" and probe_layer != "pre_logits":
+                    return {"probe": method.represent_layers(x, [probe_layer], pool)[probe_layer]}
                 return {"probe": readout_features(method, x, readout)}
-            return method.represent_layers(x, layers)
+            return method.represent_layers(x, layers, pool)
 
         with torch.no_grad():
             dims = {k: f.shape[1] for k, f in read(torch.zeros(2, 3, size, size, device=next(method.parameters()).device)).items()}

@@ -92,9 +92,11 @@ class Method(nn.Module):
             return self.backbone(x)
         return self.backbone.forward_block(x, block).mean(dim=(2, 3))
 
-    def represent_layers(self, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    def represent_layers(self, x: torch.Tensor, layers: list[str], pool: str = "avg") -> dict[str, torch.Tensor]:
         """Several read-outs of one pass (multi-layer linear probes): ``pre_logits`` and the
-        average-pooled maps of ResNet stages ``block1``..``block4``."""
+        maps of ResNet stages ``block1``..``block4``, average-pooled (``pool="avg"``) or, as
+        the Revisiting SSL code does (``"max9000"``), max-pooled to the finest square grid
+        that keeps at most 9,000 features (linear_eval.py ``apply_fractional_pooling``)."""
         from harness.errors import UsageError
 
         unknown = [l for l in layers if l not in PROBE_LAYERS]
@@ -106,7 +108,7 @@ class Method(nn.Module):
             raise UsageError(f"eval.linear.layers={layers}: method '{self.name}' with backbone "
                              f"'{self.cfg['backbone.name']}' can only be probed at pre_logits")
         stages = self.backbone.forward_stages(x)
-        return {l: stages[l] if l == "pre_logits" else stages[l].mean(dim=(2, 3)) for l in layers}
+        return {l: stages[l] if l == "pre_logits" else pool_maps(stages[l], pool) for l in layers}
 
     def _probe_block(self) -> int | None:
         from harness.errors import UsageError
@@ -135,6 +137,27 @@ class Method(nn.Module):
 
 
 PROBE_LAYERS = ("pre_logits", "block1", "block2", "block3", "block4")
+MAX_FEATURES = 9000  # Revisiting SSL, linear_eval.py: taps above this are max-pooled down
+
+
+def pool_maps(maps: torch.Tensor, pool: str) -> torch.Tensor:
+    """[B, C, H, W] -> [B, D]: global average (``avg``), or adaptive max pooling to the
+    finest s x s grid with s * s * C <= 9,000 (``max9000``)."""
+    import math
+
+    import torch.nn.functional as F
+
+    if pool == "avg":
+        return maps.mean(dim=(2, 3))
+    if pool == "max9000":
+        c, h, w = maps.shape[1:]
+        if c * h * w <= MAX_FEATURES:
+            return maps.flatten(1)
+        s = max(1, min(h, w, math.isqrt(MAX_FEATURES // c)))
+        return F.adaptive_max_pool2d(maps, s).flatten(1)
+    from harness.errors import UsageError
+
+    raise UsageError(f"eval.linear.pooling={pool!r}: expected avg or max9000")
 
 
 def recipe_layers(method_cls, cfg_recipe: str, suite: str) -> list[tuple[str, dict]]:

@@ -226,3 +226,26 @@ def test_multi_layer_probe_rejects_unknown_or_unprobeable_layers(tiny_probe_setu
     cfg = build_config(RunRequest(method="rotation", overrides={"eval.linear.layers": ["conv9"]}))[0]
     with pytest.raises(UsageError, match="unknown layer"):
         LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)
+
+
+def test_revisiting_preset_and_its_max_pooling(tiny_probe_setup, tmp_path):
+    from harness.pipeline import RunRequest, build_config
+    from methods.base import pool_maps
+
+    v = {k.split(".")[-1]: p.value for k, p in LinearProbe.config_layer("revisiting").items() if hasattr(p, "value")}
+    # REFERENCE.md: 70 epochs on (max-pooled) frozen features; the public config: batch 512,
+    # lr 0.1 per 256, decay at 30 and 50.
+    assert (v["epochs"], v["pooling"], v["batch_size"], v["lr"], v["milestones"]) == (70, "max9000", 512, 0.1, [30, 50])
+    maps = torch.randn(2, 256, 16, 16)
+    pooled = pool_maps(maps, "max9000")
+    assert pooled.shape == (2, 256 * 5 * 5) and pooled.shape[1] <= 9000  # 5 = isqrt(9000 // 256)
+    torch.testing.assert_close(pooled, torch.nn.functional.adaptive_max_pool2d(maps, 5).flatten(1))
+    small = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(pool_maps(small, "max9000"), small.flatten(1))  # under 9,000: kept whole
+
+    _, method, suite = tiny_probe_setup
+    cfg = build_config(RunRequest(method="rotation", overrides={
+        "eval.linear.preset": "revisiting", "eval.linear.epochs": 1, "eval.linear.batch_size": 32,
+        "backbone.probe_layer": "block2"}))[0]
+    m = LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)
+    assert 0 <= m["top1"] <= m["top5"] <= 100

@@ -34,6 +34,15 @@ def crop_flip_transform(image_size: int, scale_min: float = 0.08, flip: bool = T
     return T.Compose(steps + [to_tensor(normalize)])
 
 
+def resize_crop_transform(image_size: int, resize_ratio: float = 256 / 224, flip: bool = False) -> T.Compose:
+    """Resize the shorter side to ``resize_ratio`` x size, then a random crop (+ flip): the
+    Revisiting SSL linear-eval preprocessing (``resize_small,crop``), no scale change."""
+    steps = [T.Resize(int(round(image_size * resize_ratio)), antialias=True), T.RandomCrop(image_size)]
+    if flip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps + [to_tensor()])
+
+
 def denormalize(x: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalised images [B, 3, H, W] -> RGB in [0, 1] (pictures, colour targets)."""
     mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
