@@ -7,6 +7,15 @@ from typing import ClassVar
 from torchvision.datasets import ImageFolder
 
 
+def data_home() -> Path:
+    """Where generated, downloaded and exported data lives: $SSL_HARNESS_DATA, else
+    ~/.cache/ssl-harness."""
+    import os
+
+    env = os.environ.get("SSL_HARNESS_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ssl-harness"
+
+
 class Suite:
     """A benchmark suite.
 

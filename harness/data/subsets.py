@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from harness.data.base import data_home
 from harness.errors import UsageError
 from harness.seeding import derive_seed
 
@@ -26,11 +27,6 @@ SIMCLR_SUBSETS = {
     1: ("1percent.txt", 12_811, "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17"),
     10: ("10percent.txt", 128_116, "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091"),
 }
-
-
-def _cache_dir() -> Path:
-    env = os.environ.get("SSL_HARNESS_DATA")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "ssl-harness") / "imagenet_subsets"
 
 
 def _check(data: bytes, percent: int, origin: str) -> list[str]:
@@ -58,7 +54,7 @@ def simclr_subset(percent: int, path: str | Path | None = None) -> list[str]:
         if not path.is_file():
             raise UsageError(f"subset list {path} does not exist; expected SimCLR's {name}")
         return _check(path.read_bytes(), percent, str(path))
-    cached = _cache_dir() / name
+    cached = data_home() / "imagenet_subsets" / name
     if cached.is_file():
         return _check(cached.read_bytes(), percent, str(cached))
     url = f"{UPSTREAM}/{name}"

@@ -19,15 +19,10 @@ from typing import ClassVar
 
 from torchvision.datasets import ImageFolder
 
-from harness.data.base import Suite
+from harness.data.base import Suite, data_home
 from harness.errors import UsageError
 
 EXPORT_VERSION = 1
-
-
-def _default_root() -> Path:
-    env = os.environ.get("SSL_HARNESS_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ssl-harness"
 
 
 class TorchvisionSuite(Suite):
@@ -50,11 +45,11 @@ class TorchvisionSuite(Suite):
     @property
     def source_dir(self) -> Path:
         """Where torchvision keeps (or finds) the archives."""
-        return (self.root or _default_root() / "torchvision") / self.dataset_name
+        return (self.root or data_home() / "torchvision") / self.dataset_name
 
     @property
     def data_dir(self) -> Path:
-        return (self.root or _default_root()) / f"{self.dataset_name}-imagefolder-v{EXPORT_VERSION}"
+        return (self.root or data_home()) / f"{self.dataset_name}-imagefolder-v{EXPORT_VERSION}"
 
     def torchvision_dataset(self, **kwargs):
         raise NotImplementedError
