@@ -1,6 +1,5 @@
 """Semi-supervised fine-tuning: SimCLR's ImageNet subset lists, balanced subsets elsewhere, presets."""
 import hashlib
-import shutil
 from pathlib import Path
 
 import pytest

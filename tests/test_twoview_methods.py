@@ -249,7 +249,7 @@ def test_cmc_nce_variant_estimates_z_once():
     m, cfg = cmc(**{"method.loss": "nce"})
     rgb, index = rgb_batch(), torch.tensor([3, 7, 0, 19, 11, 5])
     assert m.z_l < 0 and m.z_ab < 0
-    bank_l, bank_ab = m.memory_l.bank.clone(), m.memory_ab.bank.clone()
+    bank_ab = m.memory_ab.bank.clone()
     torch.manual_seed(5)
     out = m.training_step((rgb, torch.zeros(6, dtype=torch.long), index))
     z_l, z_ab = m.z_l.clone(), m.z_ab.clone()
