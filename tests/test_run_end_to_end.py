@@ -38,7 +38,8 @@ def reference_run(workdir):
 def test_run_produces_metrics_tracking_and_artifacts(reference_run):
     out, uri = reference_run
     r = results(out)
-    assert set(r["results"]) == {"linear", "knn"}
+    # --eval defaults to all: every eval the digits suite supports.
+    assert set(r["results"]) == {"linear", "knn", "linear_fast", "semi_supervised"}
     for m in r["results"].values():
         assert 0.0 <= m["top1"] <= m["top5"] <= 100.0
     assert len(r["pretrain_loss"]) == 6  # 192 images / batch 32, one epoch
@@ -47,7 +48,8 @@ def test_run_produces_metrics_tracking_and_artifacts(reference_run):
     runs = client.search_runs([exp.experiment_id])
     parent = next(x for x in runs if x.data.tags["harness.stage"] == "pretrain")
     children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert {c.data.tags["harness.eval"] for c in children} == {"linear", "knn"}
+    assert {c.data.tags["harness.eval"] for c in children} == {"linear", "knn", "linear_fast", "semi_supervised"}
+    assert {c.data.tags["harness.protocol"] for c in children} == {"linear", "knn", "linear_fast", "semi_supervised"}
     knn = next(c for c in children if c.data.tags["harness.eval"] == "knn")
     assert knn.data.metrics["top1"] == pytest.approx(r["results"]["knn"]["top1"])
     assert knn.data.tags["harness.preset"] == "dino"
