@@ -1,6 +1,7 @@
 """Weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018; DINO)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +12,13 @@ from evals.features import cached_features, feature_cache
 
 DINO_KNN = "facebookresearch/dino eval_knn.py"
 VISSL_KNN = "facebookresearch/vissl configs/config/defaults.yaml (NPID kNN: k=200, T=0.1)"
+
+
+def _rows(feats, a: int, b: int) -> torch.Tensor:
+    """Rows a:b as a float tensor; a (read-only) memory map is copied block by block."""
+    if isinstance(feats, torch.Tensor):
+        return feats[a:b].float()
+    return torch.from_numpy(np.array(feats[a:b], dtype=np.float32))
 
 
 @torch.no_grad()
@@ -28,14 +36,14 @@ def knn_predict(train_feats, train_labels: torch.Tensor, test_feats, ks: list[in
     train_labels = torch.as_tensor(train_labels)
     out = {k: [] for k in ks}
     train_blocks = [(s, min(s + train_chunk_size, n_train)) for s in range(0, n_train, train_chunk_size)]
-    cached = [F.normalize(torch.as_tensor(train_feats[a:b]).float(), dim=1) for a, b in train_blocks] \
+    cached = [F.normalize(_rows(train_feats, a, b), dim=1) for a, b in train_blocks] \
         if len(train_blocks) == 1 else None  # one block: normalise once, not per test chunk
     for start in range(0, n_test, chunk_size):
-        test = F.normalize(torch.as_tensor(test_feats[start:start + chunk_size]).float(), dim=1)
+        test = F.normalize(_rows(test_feats, start, start + chunk_size), dim=1)
         best_sim = torch.full((len(test), 0), float("-inf"))
         best_idx = torch.zeros((len(test), 0), dtype=torch.long)
         for j, (a, b) in enumerate(train_blocks):
-            train = cached[j] if cached else F.normalize(torch.as_tensor(train_feats[a:b]).float(), dim=1)
+            train = cached[j] if cached else F.normalize(_rows(train_feats, a, b), dim=1)
             sim = test @ train.t()
             top_sim, top_idx = sim.topk(min(kmax, b - a), dim=1)
             best_sim, order = torch.cat([best_sim, top_sim], 1).topk(min(kmax, best_sim.shape[1] + top_sim.shape[1]), dim=1)

@@ -22,14 +22,9 @@ def _data_cache(tmp_path_factory, monkeypatch):
     yield
 
 
-# The default suite runs every pretext method and a representative of each contrastive
-# family; the rest of the contrastive methods run under `make test-slow` (same test).
-DEFAULT_CONTRASTIVE = {"simclr", "moco_v2", "byol", "instdisc", "dino"}
-CONTRASTIVE = {"instdisc", "moco_v1", "moco_v2", "moco_v3", "simclr", "cmc", "supcon", "pirl", "byol",
-               "simsiam", "swav", "dino", "barlow_twins", "vicreg"}
 
 
 def method_params(trainable_only: bool = False):
     names = [m for m in registry.methods.names()
              if not trainable_only or getattr(registry.methods.get(m), "trainable", True)]
-    return [pytest.param(m, marks=pytest.mark.slow) if m in CONTRASTIVE - DEFAULT_CONTRASTIVE else m for m in names]
+    return names

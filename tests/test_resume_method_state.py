@@ -11,9 +11,7 @@ from harness.pipeline import RunRequest, build_config
 from harness.seeding import seed_everything
 from harness.trainer import CheckpointHook, HookBase, Trainer
 
-SLOW = pytest.mark.slow  # the same check for more methods under `make test-slow`
-STATEFUL = ["instdisc", "dino", pytest.param("moco_v2", marks=SLOW), pytest.param("moco_v3", marks=SLOW), pytest.param("pirl", marks=SLOW),
-            pytest.param("byol", marks=SLOW), pytest.param("swav", marks=SLOW), pytest.param("cmc", marks=SLOW)]
+STATEFUL = ["instdisc", "dino", "moco_v2", "moco_v3", "pirl", "byol", "swav", "cmc"]
 
 
 class Crash(Exception):
