@@ -181,7 +181,7 @@ def _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, p
     if final.exists():
         log("[harness] pretraining already finished: using its final weights")
         return method.to(device)
-    dataset = SeededTransformDataset(suite.pretrain_split(), method.train_transform(), derive_seed(seed, 0),
+    dataset = SeededTransformDataset(suite.pretrain_split() if method.uses_unlabeled else suite.split("train"), method.train_transform(), derive_seed(seed, 0),
                                      with_index=method.needs_index)
     trainer = Trainer(
         method, dataset, cfg.section("train"), seed, ckpt_dir, device,

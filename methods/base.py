@@ -126,6 +126,10 @@ class Method(nn.Module):
     # True: batches are (views, labels, dataset indices), for memory banks.
     needs_index: ClassVar[bool] = False
 
+    # False: pretrain on the labelled train split only, never on a suite's unlabeled images
+    # (label -1, e.g. STL-10's), because the objective needs a label for every image.
+    uses_unlabeled: ClassVar[bool] = True
+
     # Methods whose representation is not one pass of the backbone over the image (patch
     # grids, two-network encoders, ViTs) set this False.
     probes_blocks: ClassVar[bool] = True

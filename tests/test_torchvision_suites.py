@@ -1,10 +1,13 @@
 """CIFAR / STL-10 suites: torchvision's archives exported once into the ImageFolder layout.
 The archives are made here in torchvision's own format (no download in tests)."""
+import json
 import pickle
 
 import numpy as np
 import pytest
 import torchvision.datasets.cifar as tv_cifar
+
+from PIL import Image
 
 from harness.cli import main
 from harness.data.torchvision_suites import CIFAR10Suite, STL10Suite
@@ -55,25 +58,40 @@ def test_missing_archive_is_one_line_error(tmp_path, capsys):
     assert code == 2 and err[-1].startswith("harness: error: suite 'cifar10'")
 
 
-def test_stl10_pretraining_adds_unlabeled_images(tmp_path, monkeypatch):
-    from PIL import Image
+class FakeSTL10:
+    classes = ["airplane", "bird"]
 
-    class FakeSTL10:
-        classes = ["airplane", "bird"]
+    def __init__(self, root, download, split):
+        self.n = {"train": 4, "test": 2, "unlabeled": 5}[split]
+        self.split = split
 
-        def __init__(self, root, download, split):
-            self.n = {"train": 4, "test": 2, "unlabeled": 5}[split]
-            self.split = split
+    def __len__(self):
+        return self.n
 
-        def __len__(self):
-            return self.n
+    def __getitem__(self, i):
+        label = -1 if self.split == "unlabeled" else i % 2
+        return Image.new("RGB", (96, 96), (i * 20, 0, 0)), label
 
-        def __getitem__(self, i):
-            label = -1 if self.split == "unlabeled" else i % 2
-            return Image.new("RGB", (96, 96), (i * 20, 0, 0)), label
 
+@pytest.fixture
+def fake_stl10(monkeypatch):
     monkeypatch.setattr(STL10Suite, "torchvision_dataset", lambda self, **kw: FakeSTL10(**kw))
+
+
+def test_stl10_pretraining_adds_unlabeled_images(tmp_path, fake_stl10):
     suite = STL10Suite(root=tmp_path)
     pre = suite.pretrain_split()
     assert len(suite.split("train")) == 4 and len(pre) == 9
     assert sorted(pre.targets).count(-1) == 5 and set(suite.split("val").classes) == {"airplane", "bird"}
+
+
+def test_label_needing_methods_pretrain_on_labelled_images_only(tmp_path, fake_stl10, capsys):
+    # supervised reads every label: STL-10's unlabeled images (label -1) must never reach it.
+    out = tmp_path / "run"
+    code = main(["run", "--method", "supervised", "--suite", "stl10", "--epochs", "1", "--eval", "knn",
+                 "--output-dir", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 f"suite.root={tmp_path}", "data.image_size=32", "method.num_classes=2", "train.batch_size=2",
+                 "train.warmup_epochs=0", "eval.knn.ks=[1]", "eval.knn.k=1"])
+    assert code == 0, capsys.readouterr().err[-1500:]
+    history = json.loads((out / "results.json").read_text())["pretrain_loss"]
+    assert len(history) == 2  # 4 labelled images / batch 2; the 5 unlabeled ones would make it 4
