@@ -7,19 +7,25 @@ from harness.progress import progress
 
 
 @torch.no_grad()
+def _feature_batches(method, dataset, device, batch_size, desc, num_workers=0, features=None):
+    """(features [B, D] float32 on CPU, labels [B]) batch by batch, in dataset order, with the
+    method in eval mode (restored afterwards)."""
+    features = features or method.features
+    was_training = method.training
+    method.eval()
+    try:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        for x, y in progress(loader, desc=desc, unit="batch", leave=False):
+            yield features(x.to(device)).float().cpu(), torch.as_tensor(y)
+    finally:
+        method.train(was_training)
+
+
 def extract(method, dataset, device: torch.device, batch_size: int = 256, desc: str = "features", num_workers: int = 0,
             features=None):
     """Returns (features [N, D] float32 on CPU, labels [N] long) in dataset order;
     ``features`` (images -> [B, D]) replaces ``method.features``."""
-    features = features or method.features
-    was_training = method.training
-    method.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    feats, labels = [], []
-    for x, y in progress(loader, desc=desc, unit="batch", leave=False):
-        feats.append(features(x.to(device)).float().cpu())
-        labels.append(torch.as_tensor(y))
-    method.train(was_training)
+    feats, labels = zip(*_feature_batches(method, dataset, device, batch_size, desc, num_workers, features))
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -48,20 +54,14 @@ def cached_features(method, dataset, device: torch.device, cache_dir, key: dict,
     name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     feats_path, labels_path = cache_dir / f"{name}.npy", cache_dir / f"{name}.labels.npy"
     if not (feats_path.exists() and labels_path.exists()):
-        was_training = method.training
-        method.eval()
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         tmp = cache_dir / f".{name}.{os.getpid()}.npy"
         out, labels, row = None, [], 0
-        with torch.no_grad():
-            for x, y in progress(loader, desc=desc, unit="batch", leave=False):
-                f = method.features(x.to(device)).float().cpu().numpy()
-                if out is None:
-                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(dataset), f.shape[1]))
-                out[row:row + len(f)] = f
-                row += len(f)
-                labels.append(np.asarray(y))
-        method.train(was_training)
+        for f, y in _feature_batches(method, dataset, device, batch_size, desc):
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(dataset), f.shape[1]))
+            out[row:row + len(f)] = f.numpy()
+            row += len(f)
+            labels.append(y.numpy())
         out.flush()
         del out
         np.save(labels_path, np.concatenate(labels).astype(np.int64))
@@ -70,7 +70,7 @@ def cached_features(method, dataset, device: torch.device, cache_dir, key: dict,
     return np.load(feats_path, mmap_mode="r"), torch.from_numpy(np.load(labels_path))
 
 
-class feature_cache:
+class FeatureCache:
     """Where a run's shared feature cache lives (beside the evals' own folders) and what its
     entries depend on: the eval transform, the read-out layer, the training subset and the
     resolved config (so the pretrained weights)."""

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from harness.config import P
 from harness.data.transforms import eval_transform
 from evals.base import Evaluator
-from evals.features import cached_features, feature_cache
+from evals.features import cached_features, FeatureCache
 
 DINO_KNN = "facebookresearch/dino eval_knn.py"
 VISSL_KNN = "facebookresearch/vissl configs/config/defaults.yaml (NPID kNN: k=200, T=0.1)"
@@ -96,7 +96,7 @@ class KNN(Evaluator):
         tf = eval_transform(size, self.cfg["data.eval_resize_ratio"])
         train = suite.split("train", tf)
         val = suite.split("val", tf)
-        cache = feature_cache(self.cfg, out_dir)
+        cache = FeatureCache(self.cfg, out_dir)
         ftr, ytr = cached_features(method, train, device, cache.dir, cache.key("train"), p["batch_size"], "knn: train features")
         fte, yte = cached_features(method, val, device, cache.dir, cache.key("val"), p["batch_size"], "knn: val features")
         ks = sorted(set(int(k) for k in p["ks"]) | {int(p["k"])})

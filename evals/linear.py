@@ -249,14 +249,12 @@ class LinearProbe(Evaluator):
         for q in method.parameters():
             q.requires_grad_(True)
         # The headline is the configured read-out's; with several layers, backbone.probe_layer's
-        # head if it is among them, else the best layer's (named in best_layer).
-        if not layers:
-            key = "probe"
+        # head if it is among them, else the best layer's.
+        if layers:
+            best = max(layers, key=lambda l: metrics[f"{l}_top1"])
+            metrics["best_layer"] = float(PROBE_LAYERS.index(best))  # an index: MLflow metrics are numbers
+            key = probe_layer if probe_layer in layers else best
+            metrics["top1"], metrics["top5"] = metrics[f"{key}_top1"], metrics[f"{key}_top5"]
         else:
-            probe = self.cfg.get("backbone.probe_layer", "pre_logits")
-            key = probe if probe in layers else max(layers, key=lambda l: metrics[f"{l}_top1"])
-            metrics["best_layer"] = float(PROBE_LAYERS.index(max(layers, key=lambda l: metrics[f"{l}_top1"])))
-        metrics["top1"], metrics["top5"] = metrics[f"{key}_top1"], metrics[f"{key}_top5"]
-        if not layers:
-            del metrics["probe_top1"], metrics["probe_top5"]
+            metrics["top1"], metrics["top5"] = metrics.pop("probe_top1"), metrics.pop("probe_top5")
         return metrics

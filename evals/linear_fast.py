@@ -19,7 +19,7 @@ from harness.optim import warmup_cosine
 from harness.progress import progress
 from harness.seeding import derive_seed
 from evals.base import Evaluator
-from evals.features import cached_features, feature_cache, topk_correct
+from evals.features import cached_features, FeatureCache, topk_correct
 
 HARNESS = "harness protocol (fast sweep on cached features; not comparable with the linear column)"
 
@@ -47,7 +47,7 @@ class FastLinear(Evaluator):
         p = self.params
         tf = eval_transform(self.cfg["data.image_size"], self.cfg["data.eval_resize_ratio"])
         train, val = suite.split("train", tf), suite.split("val", tf)
-        cache = feature_cache(self.cfg, out_dir)
+        cache = FeatureCache(self.cfg, out_dir)
         ftr, ytr = cached_features(method, train, device, cache.dir, cache.key("train"), 256, "linear_fast: train features")
         fva, yva = cached_features(method, val, device, cache.dir, cache.key("val"), 256, "linear_fast: val features")
         n, dim = ftr.shape

@@ -20,7 +20,7 @@ from methods.base import Method
 from methods.components.distributed import all_reduce_mean
 from methods.components.heads import DINOHead
 from methods.components.momentum import cosine_increase, ema_update_, momentum_copy, warmup_constant
-from methods.components.views import augment_from_cfg, multi_crop, split_by_size
+from methods.components.views import DIGITS_MULTI_CROP, augment_from_cfg, multi_crop, split_by_size
 from methods.losses import dino_center_update, dino_loss
 
 PAPER = "Caron et al. 2021 (DINO)"
@@ -104,17 +104,10 @@ class DINO(Method):
     recipes = {"default": DEFAULT, "resnet50": RESNET50}
     suite_profiles = {
         "digits": {
-            # 2 x 32px + 4 x 16px crops on a half-width small ResNet (a ViT works too:
-            # backbone.name=vit_tiny backbone.width=1 method.patch_size=4), a small head, and a short run:
-            # the teacher momentum is lowered so that the teacher moves within it.
-            "backbone.name": "resnet_small",
-            "backbone.width": 0.5,
-            "method.local_size": 16,
-            "method.n_local": 4,
-            "method.aug.crop_scale": [0.4, 1.0],
-            "method.local.crop_scale": [0.15, 0.4],
-            # Digits are not mirror-symmetric: a flip would change what they show.
-            "method.aug.flip": False,
+            # DIGITS_MULTI_CROP (a ViT works too: backbone.name=vit_tiny backbone.width=1
+            # method.patch_size=4), a small head, and a short run: the teacher momentum is
+            # lowered so that the teacher moves within it.
+            **DIGITS_MULTI_CROP,
             "method.out_dim": 1024,
             "method.head_hidden": 512,
             "method.head_bottleneck": 64,

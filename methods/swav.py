@@ -14,7 +14,7 @@ from torch import nn
 from harness.config import Config, P
 from methods.base import Method
 from methods.components.heads import mlp
-from methods.components.views import augment_from_cfg, multi_crop, split_by_size
+from methods.components.views import DIGITS_MULTI_CROP, augment_from_cfg, multi_crop, split_by_size
 from methods.losses import swav_loss_distributed
 
 CODE = "facebookresearch/swav main_swav.py"
@@ -81,16 +81,9 @@ class SwAV(Method):
     recipes = {"default": DEFAULT, "queue": QUEUE}
     suite_profiles = {
         "digits": {
-            # 2 x 32px + 4 x 16px crops on a half-width small ResNet; few prototypes for
-            # ten classes, and no queue (a short run never reaches epoch 15).
-            "backbone.name": "resnet_small",
-            "backbone.width": 0.5,
-            "method.local_size": 16,
-            "method.n_local": 4,
-            "method.aug.crop_scale": [0.4, 1.0],
-            "method.local.crop_scale": [0.15, 0.4],
-            # Digits are not mirror-symmetric: a flip would change what they show.
-            "method.aug.flip": False,
+            # DIGITS_MULTI_CROP; few prototypes for ten classes, and no queue (a short run
+            # never reaches epoch 15).
+            **DIGITS_MULTI_CROP,
             "method.aug.jitter": 0.4,
             "method.aug.hue": 0.1,
             "method.hidden_dim": 512,

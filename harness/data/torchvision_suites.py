@@ -10,6 +10,7 @@ every run. STL-10's 100,000 unlabeled images join its 5,000 labelled ones for pr
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -89,10 +90,11 @@ class TorchvisionSuite(Suite):
                     cls = classes[label] if label is not None and label >= 0 else "unlabeled"
                     d = tmp / split / cls
                     d.mkdir(parents=True, exist_ok=True)
-                    path = d / f"{i:06d}.png"
-                    img.convert("RGB").save(path)
+                    buf = io.BytesIO()  # hashed as written: no second read of 100k files
+                    img.convert("RGB").save(buf, format="PNG")
+                    (d / f"{i:06d}.png").write_bytes(buf.getvalue())
                     digest.update(f"{split}/{cls}/{i:06d}.png".encode())
-                    digest.update(path.read_bytes())
+                    digest.update(buf.getvalue())
                     n += 1
                 counts[split] = n
             manifest = {"dataset": self.dataset_name, "version": EXPORT_VERSION, "counts": counts,

@@ -69,6 +69,20 @@ def augment_from_cfg(cfg, prefix: str, size: int | None = None) -> T.Compose:
     return ssl_augment(int(size or cfg["data.image_size"]), **kwargs)
 
 
+# The embedded digits suite's multi-crop (SwAV's and DINO's profiles): 2 x 32px global and
+# 4 x 16px local crops on a half-width small ResNet. Digits are not mirror-symmetric: a
+# flip would change what they show.
+DIGITS_MULTI_CROP = {
+    "backbone.name": "resnet_small",
+    "backbone.width": 0.5,
+    "method.local_size": 16,
+    "method.n_local": 4,
+    "method.aug.crop_scale": [0.4, 1.0],
+    "method.local.crop_scale": [0.15, 0.4],
+    "method.aug.flip": False,
+}
+
+
 def multi_crop(global_views: Sequence[Callable], local_view: Callable | None, n_local: int) -> MultiView:
     """SwAV / DINO multi-crop: the global views first, then ``n_local`` small crops."""
     if n_local and local_view is None:
