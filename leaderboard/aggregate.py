@@ -58,6 +58,18 @@ def _empty_table() -> pd.DataFrame:
     )
 
 
+def headline_metrics() -> tuple[str, ...]:
+    """top1 and top5, then whatever else an installed evaluator names as its headline (e.g.
+    semi_supervised's pct10_top1, where top1 is the 1 % result). A metric shows only in the
+    columns of the evals that report it."""
+    from harness import registry
+
+    names = list(HEADLINE_METRICS)
+    for name in registry.evals.names():
+        names += [m for m in registry.evals.get(name).headline if m not in names]
+    return tuple(names)
+
+
 def leaderboard_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (suite, method, backbone, width, epochs); per (protocol, preset, headline metric)
     three columns: ``label`` (mean over seeds), ``label · std`` (sample std, NaN for a
@@ -76,7 +88,8 @@ def leaderboard_table(df: pd.DataFrame) -> pd.DataFrame:
         runs[column] = runs[column].astype(object).where(runs[column].notna(), MISSING)
     runs = _latest_per_evaluation(runs)
 
-    metrics = [m for m in HEADLINE_METRICS if m in runs.columns]
+    headline = headline_metrics()
+    metrics = [m for m in headline if m in runs.columns]
     long = runs.melt(
         id_vars=[*KEY_COLUMNS, "protocol", "preset", "seed"],
         value_vars=metrics,
@@ -95,7 +108,7 @@ def leaderboard_table(df: pd.DataFrame) -> pd.DataFrame:
         .agg(mean="mean", std="std", n="count")
         .reset_index()
     )
-    metric_rank = {m: i for i, m in enumerate(HEADLINE_METRICS)}
+    metric_rank = {m: i for i, m in enumerate(headline)}
     stats["label"] = [
         cell_label(p, s, m) for p, s, m in zip(stats["protocol"], stats["preset"], stats["metric"])
     ]

@@ -114,6 +114,8 @@ def store_uri(tmp_path_factory):
 
     cpc = store.pretrain("cpc_v2", 0)
     store.evaluate(cpc, "linear", "moco", {"top1": 70.0, "top5": 90.0})
+    store.evaluate(cpc, "semi_supervised", "simclr_v2",
+                   {"top1": 30.0, "top5": 60.0, "pct1_top1": 30.0, "pct10_top1": 55.0, "pct10_top5": 80.0})
 
     other = store.pretrain("rotation", 0, suite="imagenet", backbone="resnet50")
     store.evaluate(other, "linear", "moco", {"top1": 40.0, "top5": 65.0})
@@ -131,7 +133,7 @@ def test_eval_runs_is_tidy_and_only_evals(store_uri):
     assert set(COLUMNS) <= set(runs.columns)
     assert "k10_top1" in runs.columns
     assert "loss" not in runs.columns  # pretrain parents are not eval runs
-    assert len(runs) == 3 * 3 + 3 + 1 + 1  # 3 seeds × 3 evals, 3 re-evals, cpc, imagenet
+    assert len(runs) == 3 * 3 + 3 + 2 + 1  # 3 seeds × 3 evals, 3 re-evals, cpc (2 evals), imagenet
     assert set(runs["method"]) == {"rotation", "cpc_v2"}
 
 
@@ -154,6 +156,15 @@ def test_protocol_preset_pairs_are_separate_columns(table):
     assert "knn · moco · top5" not in table.columns  # never logged
     assert not any("k10_top1" in c for c in table.columns)  # not a headline metric
     assert math.isnan(table.loc[("digits", "cpc_v2", "resnet_small")][LINEAR_DINO])
+
+
+def test_an_evaluators_own_headline_metric_gets_a_column(table):
+    cpc = table.loc[("digits", "cpc_v2", "resnet_small")]
+    # semi_supervised declares pct10_top1 a headline: the 10 % result is not lost behind top1 (1 %).
+    assert cpc["semi_supervised · simclr_v2 · pct10_top1"] == 55.0
+    assert cpc["semi_supervised · simclr_v2 · top1"] == 30.0
+    assert not any("pct10_top5" in c or "pct1_top1" in c for c in table.columns)
+    assert not any(c.startswith("linear") and "pct10" in c for c in table.columns)
 
 
 def test_reevaluation_replaces_older_run(store_uri):
