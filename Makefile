@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install system-deps demo test test-slow bench clean
 
 # torch/torchvision are pinned (with everything else) in constraints.txt; pip takes them from
 # the package index, never the +cpu wheel (no torchvision build matches it).
@@ -19,7 +19,20 @@ demo: install
 	$(VENV)/bin/harness run --method cpc_v2 --eval all
 	$(VENV)/bin/harness leaderboard build --output-dir leaderboard_site
 
-test: install
+# The Slurm tests (tests/test_slurm.py) start a real single-node cluster from Debian's
+# slurm-wlm and munge; submitit's code snapshot needs rsync. Installed here when missing and
+# running as root with apt-get; otherwise those tests are skipped and say why.
+system-deps:
+	@if [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/munged ] || ! command -v rsync >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing slurm-wlm, munge, rsync (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q slurm-wlm munge rsync >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q slurm-wlm munge rsync >/dev/null; }; \
+	  else echo "note: slurm-wlm/munge/rsync missing and not root with apt-get: the Slurm tests will be skipped"; fi; \
+	fi
+
+test: install system-deps
 	$(PY) -m pytest -q
 
 # Tests marked slow (none at present: every method's checks run in `make test`).

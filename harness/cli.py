@@ -1,4 +1,4 @@
-"""Command line: ``harness run | list | leaderboard build``.
+"""Command line: ``harness run | sweep | status | list | leaderboard build``.
 
 Bad input (unknown names, malformed overrides, missing data) ends with one line on stderr
 and exit code 2; nothing here touches the network or imports torch before it is needed.
@@ -11,6 +11,49 @@ from pathlib import Path
 
 from harness import registry
 from harness.errors import UsageError
+
+DEFAULT_JOBS_DIR = Path("runs") / "jobs"
+
+
+def _launch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("launching (submitit)")
+    g.add_argument("--launcher", default="inprocess", choices=["inprocess", "local", "slurm"],
+                   help="inprocess (default): here and now; local: a background job on this machine "
+                        "(several --tasks-per-node give DDP); slurm: sbatch through submitit")
+    g.add_argument("--partition")
+    g.add_argument("--account")
+    g.add_argument("--qos")
+    g.add_argument("--time", type=int, default=24 * 60, dest="time_min", help="time limit in minutes (default 1440)")
+    g.add_argument("--nodes", type=int, default=1)
+    g.add_argument("--gpus-per-node", type=int, default=0)
+    g.add_argument("--tasks-per-node", type=int, help="processes per node (default: one per GPU, else 1)")
+    g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--mem-gb", type=float)
+    g.add_argument("--constraint")
+    g.add_argument("--exclude")
+    g.add_argument("--signal-delay", type=int, default=120, dest="signal_delay_s",
+                   help="seconds before the time limit at which Slurm sends USR2 (checkpoint and requeue)")
+    g.add_argument("--max-requeues", type=int, default=3, help="timeouts after which a job is not requeued again")
+    g.add_argument("--jobs-dir", default=str(DEFAULT_JOBS_DIR), help=f"job logs and the job list (default {DEFAULT_JOBS_DIR})")
+    g.add_argument("--no-snapshot", action="store_true", help="Slurm jobs run the live checkout, not a snapshot of it")
+    g.add_argument("--wait", action="store_true", help="wait for submitted jobs and print their results "
+                                                       "(always on for --launcher local)")
+
+
+def _launch_options(args):
+    from harness.launch import LaunchOptions
+
+    return LaunchOptions(
+        launcher=args.launcher, partition=args.partition, account=args.account, qos=args.qos, time_min=args.time_min,
+        nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
+        cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, constraint=args.constraint, exclude=args.exclude,
+        signal_delay_s=args.signal_delay_s, max_requeues=args.max_requeues, jobs_dir=Path(args.jobs_dir),
+        snapshot=not args.no_snapshot, wait=args.wait or args.launcher == "local")
+
+
+def _print_results(results: dict) -> None:
+    for name, m in (results or {}).items():
+        print(f"[harness] {name}: top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,7 +79,26 @@ def _parser() -> argparse.ArgumentParser:
                                           "re-running into it resumes")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db or $MLFLOW_TRACKING_URI)")
     run.add_argument("--print-config", action="store_true", help="print the resolved config with sources and exit")
+    _launch_args(run)
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.05")
+
+    sw = sub.add_parser("sweep", help="a grid of runs (methods x backbones x widths x seeds), one Slurm job array",
+                        description="Every combination of the lists, tagged with one sweep id. With --launcher slurm "
+                                    "the grid is submitted as one job array.")
+    sw.add_argument("--methods", required=True, help="comma list of methods")
+    sw.add_argument("--backbones", help="comma list of backbones (default: each method's)")
+    sw.add_argument("--widths", help="comma list of width multipliers (default: each recipe's)")
+    sw.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
+    sw.add_argument("--suite", default="digits")
+    sw.add_argument("--eval", default="all", dest="evals")
+    sw.add_argument("--epochs", type=int)
+    sw.add_argument("--tracking-uri")
+    _launch_args(sw)
+    sw.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
+
+    st = sub.add_parser("status", help="the harness's submitted jobs and their states")
+    st.add_argument("--jobs-dir", default=str(DEFAULT_JOBS_DIR), help=f"where jobs were recorded (default {DEFAULT_JOBS_DIR})")
+    st.add_argument("--sweep", help="only this sweep id")
 
     ls = sub.add_parser("list", help="list installed methods, backbones, evals and suites")
     ls.add_argument("kind", nargs="?", choices=sorted(registry.REGISTRIES), help="only this kind")
@@ -64,7 +126,66 @@ def cmd_run(args, argv: list[str]) -> int:
             print(f"{k:<{width}}  {v!r:<24}  # {cfg.sources[k]}")
         print(f"# config hash {cfg.hash}")
         return 0
-    execute(req)
+    opts = _launch_options(args)
+    if opts.launcher == "inprocess":
+        opts.validate()
+        execute(req)
+        return 0
+    from harness.launch import submit_run, wait
+
+    jobs = submit_run(req, opts)
+    if opts.wait and jobs:
+        for res in wait(jobs):
+            _print_results(res)
+    return 0
+
+
+def _csv(value: str | None, cast=str) -> list:
+    if value is None:
+        return [None]
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return [cast(v) for v in items]
+    except ValueError:
+        raise UsageError(f"'{value}': expected a comma list of {cast.__name__} values")
+
+
+def cmd_sweep(args, argv: list[str]) -> int:
+    import itertools
+
+    from harness.config import parse_override
+    from harness.launch import submit_sweep, wait
+    from harness.pipeline import RunRequest
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    reqs = []
+    for method, backbone, width, seed in itertools.product(
+            _csv(args.methods), _csv(args.backbones), _csv(args.widths, float), _csv(args.seeds, int)):
+        extra = dict(overrides)
+        if width is not None:
+            extra["backbone.width"] = int(width) if float(width).is_integer() else width
+        reqs.append(RunRequest(method=method, suite=args.suite, backbone=backbone, evals=args.evals, seed=seed,
+                               epochs=args.epochs, tracking_uri=args.tracking_uri, overrides=extra, argv=argv))
+    sweep_id, jobs = submit_sweep(reqs, _launch_options(args))
+    if jobs and (args.wait or args.launcher == "local"):
+        wait(jobs)
+        print(f"[harness] sweep {sweep_id}: {len(jobs)} runs finished")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from harness.launch import job_states
+
+    rows = job_states(Path(args.jobs_dir), args.sweep)
+    if not rows:
+        print(f"no jobs recorded in {args.jobs_dir}" + (f" for sweep {args.sweep}" if args.sweep else ""))
+        return 0
+    header = ("job", "state", "method", "seed", "stage", "sweep", "submitted", "log")
+    table = [(r["job_id"], r["state"], r["method"], str(r["seed"]), r["stage"], r.get("sweep_id") or "-",
+              r["submitted"], r["stdout"]) for r in rows]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
+    for line in (header, *table):
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
     return 0
 
 
@@ -99,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, argv)
         if args.command == "list":
             return cmd_list(args)
+        if args.command == "sweep":
+            return cmd_sweep(args, argv)
+        if args.command == "status":
+            return cmd_status(args)
         return cmd_leaderboard(args)
     except UsageError as e:
         print(f"harness: error: {e}", file=sys.stderr)

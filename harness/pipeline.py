@@ -36,6 +36,15 @@ class RunRequest:
     tracking_uri: str | None = None
     overrides: dict = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
+    # Which stages this process runs: None = all ("pretrain", then each eval); a launcher
+    # that gives every stage its own job passes ("pretrain",) or ("eval:knn",).
+    stages: tuple[str, ...] | None = None
+    # Tags added to every tracked run (launcher, sweep id): provenance, not configuration.
+    tags: dict = field(default_factory=dict)
+
+
+def default_output_dir(req: RunRequest, cfg: Config) -> Path:
+    return (Path("runs") / f"{req.method}-{cfg['backbone.name']}-{req.suite}-s{cfg['seed']}-{cfg.hash[:8]}").resolve()
 
 
 def eval_names(spec: str, suite_cls) -> list[str]:
@@ -112,16 +121,30 @@ def rerun_args(req: RunRequest, cfg: Config, out_dir: Path, evals: list[str]) ->
 
 
 def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
+    from harness import ddp
+
     cfg, method_cls, suite_cls, evals = build_config(req)
     seed = int(cfg["seed"])
+    main = ddp.is_main()
+    stages = req.stages or ("pretrain", *(f"eval:{e}" for e in evals))
+    run_evals = [e for e in evals if f"eval:{e}" in stages]
+    if not main:
+        log = lambda *a, **k: None  # noqa: E731  only rank 0 speaks and tracks
     # Data first: a missing dataset fails before anything is written or tracked.
     suite = suite_cls(root=cfg["suite.root"], image_size=cfg["data.image_size"])
     suite.train_subset = int(cfg["data.train_subset"])
     log(f"[harness] suite '{req.suite}': preparing data")
-    suite.prepare()
+    if main:
+        suite.prepare()
+    ddp.barrier()  # the other processes read what rank 0 generated
+    if not main:
+        suite.prepare()
     data_hash = suite.content_hash()
+    out_dir = Path(req.output_dir).resolve() if req.output_dir else default_output_dir(req, cfg)
+    if not main:
+        _pretrain(cfg, method_cls, suite, out_dir, _device(cfg), _deterministic(cfg), None, None, log)
+        return {}
     tracker = Tracker(req.tracking_uri)  # an unreachable server fails here, before any output
-    out_dir = Path(req.output_dir or Path("runs") / f"{req.method}-{cfg['backbone.name']}-{req.suite}-s{seed}-{cfg.hash[:8]}").resolve()
     saved = _read_json(out_dir / "config.json")
     if saved and saved["config_hash"] != cfg.hash:
         raise UsageError(f"{out_dir} holds a run with a different config (hash {saved['config_hash'][:8]}, this one {cfg.hash[:8]}); choose another --output-dir")
@@ -129,11 +152,11 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
     _write_json(out_dir / "config.json", cfg.to_dict())
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
 
-    device = pick_device(cfg)
-    det = cfg["train.deterministic"]
-    deterministic = device.type == "cpu" if det is None else bool(det)
+    device = _device(cfg)
+    deterministic = _deterministic(cfg)
     commit, dirty = provenance.git_state()
-    state = _read_json(out_dir / "state.json", {"evals": {}})
+    state = _read_json(out_dir / "state.json", {})
+    world = ddp.world_size()
     identity = {
         "harness.method": req.method, "harness.recipe": cfg["method.recipe"], "harness.backbone": cfg["backbone.name"],
         "harness.width": cfg["backbone.width"], "harness.suite": req.suite, "harness.seed": seed,
@@ -144,27 +167,69 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
         "harness.device": provenance.device_description(device), "harness.deterministic": deterministic,
         "harness.versions": json.dumps(provenance.package_versions(), sort_keys=True),
         "harness.slurm_job_id": provenance.slurm_job_id(), "harness.output_dir": str(out_dir),
+        "harness.code_dir": provenance.code_dir(),
+        # train.lr is given for the global batch; it is split over the processes, never rescaled.
+        "harness.world_size": world, "harness.global_batch": cfg["train.batch_size"],
+        "harness.per_process_batch": int(cfg["train.batch_size"]) // world,
+        "harness.lr_scaling": "none: train.lr is for the global batch train.batch_size, split over the processes",
+        **{k: str(v) for k, v in req.tags.items()},
     }
+    final_path = out_dir / "pretrain" / "method.pt"
     if not tracker.run_exists(state.get("parent_run_id")):
-        state["parent_run_id"] = tracker.create_run(
-            f"{req.method}/{cfg['backbone.name']}/{req.suite}/s{seed}", {**identity, "harness.stage": "pretrain"}, cfg.values)
-        state["evals"] = {}
+        state = {"parent_run_id": tracker.create_run(
+            f"{req.method}/{cfg['backbone.name']}/{req.suite}/s{seed}", {**identity, "harness.stage": "pretrain"}, cfg.values)}
         _write_json(out_dir / "state.json", state)
+        if final_path.exists():
+            # Finished before, tracked elsewhere (another store, a deleted run): the new run
+            # gets the loss curve from disk, so no tracked run is missing its metrics.
+            history = checkpoint.load(final_path)["history"].tolist()
+            tracker.log_metrics(state["parent_run_id"], [(i + 1, {"train/loss": v}) for i, v in enumerate(history)])
     parent = state["parent_run_id"]
+    if "pretrain" in stages:
+        # A resumed (requeued, re-submitted) pretraining records where it runs now; an eval
+        # stage leaves the parent's tags alone (its own run has its job id).
+        tracker.set_tags(parent, {"harness.slurm_job_id": identity["harness.slurm_job_id"], "harness.world_size": world,
+                              "harness.per_process_batch": identity["harness.per_process_batch"],
+                                  **{k: str(v) for k, v in req.tags.items()}})
     log(f"[harness] output: {out_dir}\n[harness] mlflow run {parent} at {tracker.uri}")
 
     with tracker.running(parent):
-        method = _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, parent, log)
-        final_state = checkpoint.load(out_dir / "pretrain" / "method.pt")
-        history = final_state["history"].tolist()
+        if "pretrain" in stages or not final_path.exists():
+            method = _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, parent, log)
+        else:
+            method = method_cls(cfg).to(device)
         results = {}
-        for name in evals:
-            results[name] = _evaluate(name, cfg, method, final_state, suite, out_dir, device, deterministic,
-                                      tracker, parent, identity, state, log)
-    _write_json(out_dir / "results.json", {"results": results, "pretrain_loss": history, "config_hash": cfg.hash})
+        if run_evals:
+            final_state = checkpoint.load(final_path)
+            for name in run_evals:
+                results[name] = _evaluate(name, cfg, method, final_state, suite, out_dir, device, deterministic,
+                                          tracker, parent, identity, log)
+    _write_results(out_dir, evals, cfg)
     for name, m in results.items():
         log(f"[harness] {req.method} {name} ({cfg[f'eval.{name}.preset']}): top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%")
     return results
+
+
+def _device(cfg: Config) -> torch.device:
+    return pick_device(cfg)
+
+
+def _deterministic(cfg: Config) -> bool:
+    det = cfg["train.deterministic"]
+    return _device(cfg).type == "cpu" if det is None else bool(det)
+
+
+def _write_results(out_dir: Path, evals: list[str], cfg: Config) -> None:
+    """results.json from every finished stage on disk, so stages run as separate jobs add up
+    to the same file as one job running them all."""
+    results = {}
+    for name in evals:
+        done = _read_json(out_dir / "evals" / name / "metrics.json")
+        if done is not None:
+            results[name] = done["metrics"]
+    final = out_dir / "pretrain" / "method.pt"
+    history = checkpoint.load(final)["history"].tolist() if final.exists() else []
+    _write_json(out_dir / "results.json", {"results": results, "pretrain_loss": history, "config_hash": cfg.hash})
 
 
 def _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, parent, log):
@@ -183,15 +248,18 @@ def _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, p
         return method.to(device)
     dataset = SeededTransformDataset(suite.pretrain_split() if method.uses_unlabeled else suite.split("train"), method.train_transform(), derive_seed(seed, 0),
                                      with_index=method.needs_index)
-    trainer = Trainer(
-        method, dataset, cfg.section("train"), seed, ckpt_dir, device,
-        hooks=[ProgressHook(f"pretrain {cfg['method.name']}"), CheckpointHook(cfg["train.checkpoint_every"]),
-               MetricsHook(lambda rows: tracker.log_metrics(parent, rows), cfg["train.log_every"])],
-        num_workers=int(cfg["data.num_workers"]),
-    )
+    # Every process checkpoints (saving gathers their RNG states); only rank 0 shows and tracks.
+    hooks = [CheckpointHook(cfg["train.checkpoint_every"])]
+    if tracker is not None:
+        hooks = [ProgressHook(f"pretrain {cfg['method.name']}"), *hooks,
+                 MetricsHook(lambda rows: tracker.log_metrics(parent, rows), cfg["train.log_every"])]
+    trainer = Trainer(method, dataset, cfg.section("train"), seed, ckpt_dir, device, hooks=hooks,
+                      num_workers=int(cfg["data.num_workers"]))
     if checkpoint.latest(ckpt_dir):
         log(f"[harness] resuming pretraining from {checkpoint.latest(ckpt_dir)}")
     trainer.fit()
+    if tracker is None:
+        return method
     if trainer.resumed_from is not None:
         tracker.set_tags(parent, {"harness.resumed_from_step": trainer.resumed_from})
     backbone_path = out_dir / "pretrain" / "backbone.pt"
@@ -213,12 +281,25 @@ def _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, p
     return method
 
 
-def _evaluate(name, cfg, method, final_state, suite, out_dir, device, deterministic, tracker, parent, identity, state, log):
+def _evaluate(name, cfg, method, final_state, suite, out_dir, device, deterministic, tracker, parent, identity, log):
     """Run eval ``name`` once per run directory; a finished one is read back from disk."""
     ev_cls = registry.evals.get(name)
     ev = ev_cls(cfg)
     metrics_path = out_dir / "evals" / name / "metrics.json"
     cached = _read_json(metrics_path)
+    # The child run id lives beside the eval's output, not in a file shared by all evals:
+    # evals may run as concurrent jobs.
+    run_file = metrics_path.parent / "run.json"
+    child = (_read_json(run_file) or {}).get("run_id")
+    if not tracker.run_exists(child):
+        child = tracker.create_run(
+            f"{name}/{ev.preset}", {**identity, "harness.stage": "eval", "harness.eval": name,
+                                    "harness.protocol": ev_cls.protocol, "harness.preset": ev.preset},
+            cfg.section(f"eval.{name}"), parent_id=parent)
+        _write_json(run_file, {"run_id": child})
+        if cached is not None:  # finished before, tracked elsewhere: track the result here too
+            tracker.log_metrics(child, [(0, cached["metrics"])])
+            tracker.finish(child)
     if cached is not None:
         log(f"[harness] eval '{name}' already finished: cached")
         return cached["metrics"]
@@ -226,14 +307,6 @@ def _evaluate(name, cfg, method, final_state, suite, out_dir, device, determinis
     method.load_state_dict(final_state["method"])
     method.to(device)
     seed_everything(derive_seed(int(cfg["seed"]), 100, zlib.crc32(name.encode())), deterministic)
-    child = state["evals"].get(name)
-    if not tracker.run_exists(child):
-        child = tracker.create_run(
-            f"{name}/{ev.preset}", {**identity, "harness.stage": "eval", "harness.eval": name,
-                                    "harness.protocol": ev_cls.protocol, "harness.preset": ev.preset},
-            cfg.section(f"eval.{name}"), parent_id=parent)
-        state["evals"][name] = child
-        _write_json(out_dir / "state.json", state)
     log(f"[harness] eval '{name}' (preset {ev.preset})")
     with tracker.running(child):
         metrics = ev.run(method, suite, device, metrics_path.parent)

@@ -43,6 +43,14 @@ def device_description(device: torch.device) -> str:
     return f"cpu:{platform.machine()}:{torch.get_num_threads()} threads"
 
 
+def code_dir() -> str:
+    """Where the harness code of this process was imported from (a Slurm job runs the code
+    snapshot taken at submission)."""
+    import harness
+
+    return str(Path(harness.__file__).resolve().parent.parent)
+
+
 def slurm_job_id() -> str:
     return os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}" \
         or os.environ.get("SLURM_JOB_ID", "")

@@ -103,7 +103,7 @@ class Tracker:
         """Marks the run FINISHED on success, KILLED on Ctrl-C, FAILED on any other error."""
         try:
             yield
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a preempted job exiting to be requeued
             self.finish(run_id, "KILLED")
             raise
         except BaseException:

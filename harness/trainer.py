@@ -3,6 +3,8 @@
 Hook lifecycle, each called with the trainer:
     before_train -> [before_step -> (forward, backward, optimizer step) -> after_step]* ->
     after_epoch (at each epoch end) -> after_train
+and, when the job is being preempted, before_preemption_exit after the checkpoint is written
+(the process exits after it; after_train is not called).
 The trainer state that a checkpoint holds: method weights, optimizer, global step, RNG
 states, the loss history, and the data-order position (epoch and offset; the order itself
 is a pure function of the seed, see harness.data.loading).
@@ -16,8 +18,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from harness import checkpoint, seeding
-from harness.data.loading import EpochSampler, SeededTransformDataset
+from harness import checkpoint, ddp, preemption, seeding
+from harness.data.loading import EpochSampler, RankSliceSampler, SeededTransformDataset
 from harness.progress import progress
 from harness.optim import build_optimizer, lr_schedule, param_groups_no_decay, set_lr
 
@@ -32,6 +34,7 @@ class HookBase:
     def after_step(self, trainer, logs: dict): ...
     def after_epoch(self, trainer): ...
     def after_train(self, trainer): ...
+    def before_preemption_exit(self, trainer): ...
 
 
 class Trainer:
@@ -51,6 +54,13 @@ class Trainer:
             raise UsageError(
                 f"train.batch_size={self.batch_size} exceeds the {len(dataset)} training images; lower it"
             )
+        # Data parallel: train.batch_size is the global batch, split evenly over the processes.
+        self.rank, self.world = ddp.rank(), ddp.world_size()
+        if self.batch_size % self.world:
+            from harness.errors import UsageError
+            raise UsageError(f"train.batch_size={self.batch_size} (the global batch) is not divisible by the "
+                             f"{self.world} processes; choose a multiple of {self.world}")
+        self.local_batch = self.batch_size // self.world
         self.steps_per_epoch = len(dataset) // self.batch_size
         self.epochs = int(train["epochs"])
         self.total_steps = self.epochs * self.steps_per_epoch
@@ -72,10 +82,18 @@ class Trainer:
             "data_seed": self.seed,
             "history": torch.tensor(self.history, dtype=torch.float64),
             "rng": seeding.rng_state(),
+            "world_size": self.world,
         }
 
     def save_checkpoint(self) -> None:
-        checkpoint.save_atomic(self.state_dict(), self.ckpt_dir / checkpoint.LAST)
+        """Every process calls this (it gathers each one's RNG state); rank 0 writes."""
+        state = self.state_dict()
+        rngs = ddp.gather_objects(state["rng"])
+        if self.world > 1:
+            state["rng_ranks"] = rngs
+        if self.rank == 0:
+            checkpoint.save_atomic(state, self.ckpt_dir / checkpoint.LAST)
+        ddp.barrier()  # no process runs ahead of a checkpoint that may be the one it resumes from
 
     def maybe_resume(self) -> bool:
         path = checkpoint.latest(self.ckpt_dir)
@@ -86,7 +104,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.history = state["history"].tolist()
-        seeding.set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.world:
+            seeding.set_rng_state(ranks[self.rank])
+        else:
+            seeding.set_rng_state(state["rng"])
         self.resumed_from = self.step
         return True
 
@@ -94,8 +116,10 @@ class Trainer:
     def _loader(self, epoch: int, start: int) -> DataLoader:
         self.dataset.set_epoch(epoch)
         sampler = EpochSampler(len(self.dataset), self.seed, epoch, start=start)
+        if self.world > 1:
+            sampler = RankSliceSampler(sampler, self.batch_size, self.rank, self.world)
         return DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+            self.dataset, batch_size=self.local_batch, sampler=sampler, drop_last=True,
             num_workers=self.num_workers, worker_init_fn=seeding.worker_init_fn,
             generator=torch.Generator().manual_seed(seeding.derive_seed(self.seed, 4, epoch)),
             pin_memory=self.device.type == "cuda", persistent_workers=False,
@@ -121,6 +145,13 @@ class Trainer:
         self.method.train()
         for h in self.hooks:
             h.before_train(self)
+        with preemption.training():
+            self._loop()
+        for h in self.hooks:
+            h.after_train(self)
+        return self.history
+
+    def _loop(self) -> None:
         while self.step < self.total_steps:
             epoch = self.step // self.steps_per_epoch
             start = (self.step % self.steps_per_epoch) * self.batch_size
@@ -136,24 +167,29 @@ class Trainer:
                     raise NonFiniteLoss(f"loss became {loss.item()} at step {self.step}; lower train.lr or check the recipe")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                ddp.average_gradients(self.method.parameters())
                 self.method.before_optimizer_step(self.step, self.total_steps, self.steps_per_epoch)
                 if self.cfg.get("grad_clip", 0) > 0:
                     torch.nn.utils.clip_grad_norm_(self.method.parameters(), float(self.cfg["grad_clip"]))
                 self.optimizer.step()
                 self.method.on_step_end(self.step, self.total_steps)
                 self.step += 1
-                logs = {k: float(v.detach()) for k, v in out.items()}
+                logs = ddp.mean_over_ranks({k: float(v.detach()) for k, v in out.items()})
                 logs["lr"] = float(self.lr_schedule[self.step - 1])
                 self.history.append(logs["loss"])
                 for h in self.hooks:
                     h.after_step(self, logs)
+                if ddp.any_rank(preemption.pending()):
+                    # Slurm's warning (USR2) arrived during this step: save the state at this
+                    # step boundary, then let the launcher requeue the job.
+                    self.save_checkpoint()
+                    for h in self.hooks:
+                        h.before_preemption_exit(self)
+                    preemption.proceed()
                 if self.step >= self.total_steps:
                     break
             for h in self.hooks:
                 h.after_epoch(self)
-        for h in self.hooks:
-            h.after_train(self)
-        return self.history
 
 
 class CheckpointHook(HookBase):
@@ -206,6 +242,9 @@ class MetricsHook(HookBase):
 
     def after_train(self, trainer):
         self.flush()
+
+    def before_preemption_exit(self, trainer):
+        self.flush()  # steps before the checkpoint are not redone after the requeue
 
     def flush(self):
         if self.buffer:

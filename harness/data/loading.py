@@ -31,6 +31,28 @@ class EpochSampler(Sampler[int]):
         return self.n - self.start
 
 
+class RankSliceSampler(Sampler[int]):
+    """Process ``rank``'s share of an ``EpochSampler`` under data parallelism: of every
+    global batch of ``global_batch`` consecutive indices, the ``rank``-th of ``world``
+    equal slices. The W processes together see exactly the single-process batches, each
+    sample with the same seeded augmentation (it depends on the sample, not the process)."""
+
+    def __init__(self, base: EpochSampler, global_batch: int, rank: int, world: int):
+        self.base, self.global_batch, self.rank, self.world = base, global_batch, rank, world
+        self.local = global_batch // world
+
+    def _indices(self) -> torch.Tensor:
+        order = self.base.order()[self.base.start:]
+        full = len(order) // self.global_batch * self.global_batch  # drop_last, globally
+        return order[:full].view(-1, self.world, self.local)[:, self.rank].reshape(-1)
+
+    def __iter__(self):
+        return iter(self._indices().tolist())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
 class SeededTransformDataset(Dataset):
     """Applies ``transform`` to ``base[i]``'s image under an RNG seeded by (seed, epoch, i).
     With ``with_index`` a sample is (views, label, i): memory-bank methods (InstDisc, PIRL)
