@@ -145,6 +145,7 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
         _pretrain(cfg, method_cls, suite, out_dir, _device(cfg), _deterministic(cfg), None, None, log)
         return {}
     tracker = Tracker(req.tracking_uri)  # an unreachable server fails here, before any output
+    tracker.spill_path = out_dir / "unsent_metrics.jsonl"
     saved = _read_json(out_dir / "config.json")
     if saved and saved["config_hash"] != cfg.hash:
         raise UsageError(f"{out_dir} holds a run with a different config (hash {saved['config_hash'][:8]}, this one {cfg.hash[:8]}); choose another --output-dir")
@@ -185,6 +186,8 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
             history = checkpoint.load(final_path)["history"].tolist()
             tracker.log_metrics(state["parent_run_id"], [(i + 1, {"train/loss": v}) for i, v in enumerate(history)])
     parent = state["parent_run_id"]
+    if tracker.resend_spilled():
+        log("[harness] sent the metrics an earlier run of this directory could not send")
     if "pretrain" in stages:
         # A resumed (requeued, re-submitted) pretraining records where it runs now; an eval
         # stage leaves the parent's tags alone (its own run has its job id).
