@@ -23,32 +23,69 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--partition")
     g.add_argument("--account")
     g.add_argument("--qos")
-    g.add_argument("--time", type=int, default=24 * 60, dest="time_min", help="time limit in minutes (default 1440)")
-    g.add_argument("--nodes", type=int, default=1)
-    g.add_argument("--gpus-per-node", type=int, default=0)
+    g.add_argument("--time", type=int, dest="time_min", help="time limit in minutes (default 1440)")
+    g.add_argument("--nodes", type=int)
+    g.add_argument("--gpus-per-node", type=int)
     g.add_argument("--tasks-per-node", type=int, help="processes per node (default: one per GPU, else 1)")
     g.add_argument("--cpus-per-task", type=int)
     g.add_argument("--mem-gb", type=float)
     g.add_argument("--constraint")
     g.add_argument("--exclude")
-    g.add_argument("--signal-delay", type=int, default=120, dest="signal_delay_s",
-                   help="seconds before the time limit at which Slurm sends USR2 (checkpoint and requeue)")
-    g.add_argument("--max-requeues", type=int, default=3, help="timeouts after which a job is not requeued again")
-    g.add_argument("--jobs-dir", default=str(DEFAULT_JOBS_DIR), help=f"job logs and the job list (default {DEFAULT_JOBS_DIR})")
+    g.add_argument("--signal-delay", type=int, dest="signal_delay_s",
+                   help="seconds before the time limit at which Slurm sends USR2 (checkpoint and requeue; default 120)")
+    g.add_argument("--max-requeues", type=int, help="timeouts after which a job is not requeued again (default 3)")
+    g.add_argument("--jobs-dir", help=f"job logs and the job list (default {DEFAULT_JOBS_DIR})")
+    g.add_argument("--launch-config", help="YAML file of launch defaults (e.g. partition: gpu, account: A, "
+                                           "time: 2880); the flags above override it")
     g.add_argument("--no-snapshot", action="store_true", help="Slurm jobs run the live checkout, not a snapshot of it")
     g.add_argument("--wait", action="store_true", help="wait for submitted jobs and print their results "
                                                        "(always on for --launcher local)")
 
 
+# Launch option names in a --launch-config file (the flags' spelling) -> LaunchOptions fields.
+_LAUNCH_KEYS = {"partition": "partition", "account": "account", "qos": "qos", "time": "time_min", "nodes": "nodes",
+                "gpus_per_node": "gpus_per_node", "tasks_per_node": "tasks_per_node", "cpus_per_task": "cpus_per_task",
+                "mem_gb": "mem_gb", "constraint": "constraint", "exclude": "exclude", "signal_delay": "signal_delay_s",
+                "max_requeues": "max_requeues", "jobs_dir": "jobs_dir"}
+
+
+def _launch_config(path: str | None) -> dict:
+    if not path:
+        return {}
+    import difflib
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise UsageError(f"--launch-config {path}: cannot read it ({e.strerror})")
+    except yaml.YAMLError as e:
+        raise UsageError(f"--launch-config {path}: not valid YAML ({str(e).splitlines()[0]})")
+    if not isinstance(data, dict):
+        raise UsageError(f"--launch-config {path}: expected a mapping of launch options, e.g. 'partition: gpu'")
+    out = {}
+    for key, value in data.items():
+        k = str(key).replace("-", "_")
+        if k not in _LAUNCH_KEYS:
+            close = difflib.get_close_matches(k, list(_LAUNCH_KEYS), n=3)
+            raise UsageError(f"--launch-config {path}: unknown option '{key}'"
+                             + (f" (did you mean {', '.join(close)}?)" if close else f"; known: {', '.join(_LAUNCH_KEYS)}"))
+        out[_LAUNCH_KEYS[k]] = value
+    return out
+
+
 def _launch_options(args):
     from harness.launch import LaunchOptions
 
-    return LaunchOptions(
-        launcher=args.launcher, partition=args.partition, account=args.account, qos=args.qos, time_min=args.time_min,
-        nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
-        cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, constraint=args.constraint, exclude=args.exclude,
-        signal_delay_s=args.signal_delay_s, max_requeues=args.max_requeues, jobs_dir=Path(args.jobs_dir),
-        snapshot=not args.no_snapshot, wait=args.wait or args.launcher == "local")
+    values = _launch_config(args.launch_config)
+    for field in set(_LAUNCH_KEYS.values()):
+        if getattr(args, field, None) is not None:
+            values[field] = getattr(args, field)
+    if "jobs_dir" in values:
+        values["jobs_dir"] = Path(values["jobs_dir"])
+    return LaunchOptions(launcher=args.launcher, snapshot=not args.no_snapshot,
+                         wait=args.wait or args.launcher == "local", **values)
 
 
 def _print_results(results: dict) -> None:

@@ -149,3 +149,23 @@ def test_global_batch_must_split_evenly(tmp_path, monkeypatch):
 def test_status_lists_nothing_before_any_submission(tmp_path, capsys):
     assert main(["status", "--jobs-dir", str(tmp_path / "jobs")]) == 0
     assert "no jobs recorded" in capsys.readouterr().out
+
+
+def test_launch_config_file_gives_defaults_that_flags_override(tmp_path):
+    from harness.cli import _launch_options, _parser
+
+    conf = tmp_path / "cluster.yaml"
+    conf.write_text("partition: gpu\naccount: lab\ntime: 2880\ngpus-per-node: 8\n")
+    args = _parser().parse_args(["run", "--method", "rotation", "--launcher", "slurm", "--launch-config", str(conf),
+                                 "--time", "60"])
+    opts = _launch_options(args)
+    assert (opts.partition, opts.account, opts.gpus_per_node, opts.ntasks) == ("gpu", "lab", 8, 8)
+    assert opts.time_min == 60  # the flag wins over the file
+    assert opts.max_requeues == 3 and opts.signal_delay_s == 120  # untouched defaults
+
+
+def test_launch_config_typo_is_a_one_line_error(tmp_path, capsys):
+    conf = tmp_path / "cluster.yaml"
+    conf.write_text("partiton: gpu\n")
+    assert main(["run", "--method", "rotation", "--launcher", "slurm", "--launch-config", str(conf)]) == 2
+    assert "unknown option 'partiton' (did you mean partition?)" in capsys.readouterr().err
