@@ -52,6 +52,26 @@ def _ensure_munge(folder: Path) -> None:
     raise RuntimeError("munged did not start")
 
 
+def _pids(name: str) -> set[int]:
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
+
+
 class SlurmCluster:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -101,12 +121,16 @@ PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         self.write_conf()
         _ensure_munge(self.folder)
         env = {**os.environ, **self.env}
+        self._steps_before = _pids("slurmstepd")
         subprocess.run([_sbin("slurmctld"), "-c", "-f", str(self.conf)], check=True, env=env)
         subprocess.run([_sbin("slurmd"), "-f", str(self.conf)], check=True, env=env)
         deadline = time.time() + 60
         while time.time() < deadline:
             out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=env)
             if out.returncode == 0 and out.stdout.strip() in ("idle", "mixed", "allocated"):
+                # The daemons of this cluster (their command lines name its config file).
+                found = subprocess.run(["pgrep", "-f", str(self.conf)], capture_output=True, text=True)
+                self._daemon_pids = [int(p) for p in found.stdout.split()]
                 return self
             time.sleep(0.5)
         raise RuntimeError(f"the test Slurm node did not come up; see {self.folder}/slurmctld.log and slurmd.log")
@@ -114,14 +138,19 @@ PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
     def stop(self) -> None:
         env = {**os.environ, **self.env}
         subprocess.run(["scancel", "--user", "root"], capture_output=True, env=env)
-        for pidfile in ("slurmd.pid", "slurmctld.pid"):
-            path = self.folder / pidfile
-            if path.exists():
-                try:
-                    os.kill(int(path.read_text().strip()), 15)
-                except (OSError, ValueError):
-                    pass
-        time.sleep(1)
+        # Let job steps report their end to slurmctld first: a step whose controller is gone
+        # retries that call forever and keeps slurmd alive.
+        deadline = time.time() + 30
+        while time.time() < deadline and self.run("squeue", "-h").strip():
+            time.sleep(0.5)
+        new_steps = _pids("slurmstepd") - self._steps_before
+        for pid in self._daemon_pids:
+            _kill(pid, 15)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(p) for p in self._daemon_pids):
+            time.sleep(0.2)
+        for pid in [*self._daemon_pids, *new_steps]:
+            _kill(pid, 9)
 
     def run(self, *cmd: str) -> str:
         out = subprocess.run(list(cmd), capture_output=True, text=True, env={**os.environ, **self.env})

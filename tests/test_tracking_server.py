@@ -109,17 +109,11 @@ def test_server_lost_mid_run_costs_no_metric_and_does_not_stop_logging(server, t
         tracker.log_metrics(run, [(step, {"train/loss": float(step)})])
     assert time.monotonic() - started < 30
     assert len(tracker._pending) > 0
-    MlflowServer(server.folder, server.port).start()
-    server.proc = None
+    server.proc = MlflowServer(server.folder, server.port).start().proc  # back, same port and store
     tracker.finish(run)  # flushes what was kept, with backoff
     client = MlflowClient(server.uri)
     assert _history(client, run) == [1, 2, 3, 4, 5]
     assert client.get_run(run).info.status == "FINISHED"
-    _stop_port(server.port)
-
-
-def _stop_port(port: int) -> None:
-    subprocess.run(["pkill", "-f", f"--port {port}"], capture_output=True)
 
 
 def test_metrics_a_dead_server_never_took_are_spilled_and_sent_later(server, tmp_path):
@@ -133,11 +127,9 @@ def test_metrics_a_dead_server_never_took_are_spilled_and_sent_later(server, tmp
     assert tracker.flush(timeout_s=0) is False
     assert len(tracker.spill_path.read_text().splitlines()) == 3
 
-    MlflowServer(server.folder, server.port).start()
-    server.proc = None
+    server.proc = MlflowServer(server.folder, server.port).start().proc
     later = Tracker(server.uri)
     later.spill_path = tracker.spill_path
     assert later.resend_spilled() == 3
     assert not later.spill_path.exists()
     assert _history(MlflowClient(server.uri), run) == [1, 2, 3]
-    _stop_port(server.port)
