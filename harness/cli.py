@@ -139,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list installed methods, backbones, evals and suites")
     ls.add_argument("kind", nargs="?", choices=sorted(registry.REGISTRIES), help="only this kind")
+    ls.add_argument("--suite", default="digits", help="backbones: parameters and FLOPs at this suite's image size "
+                                                      "(default digits)")
 
     lb = sub.add_parser("leaderboard", help="leaderboard commands")
     lb_sub = lb.add_subparsers(dest="lb_command", required=True)
@@ -230,12 +232,31 @@ def cmd_list(args) -> int:
     kinds = [args.kind] if args.kind else list(registry.REGISTRIES)
     for kind in kinds:
         reg = registry.REGISTRIES[kind]
-        print(f"{kind}:")
         names = reg.names()
         width = max((len(n) for n in names), default=0)
+        if kind == "backbones" and args.kind == "backbones":
+            _list_backbones(names, width, args.suite)
+            continue
+        print(f"{kind}:")
         for name in names:
             print(f"  {name:<{width}}  {reg.describe(name)}")
     return 0
+
+
+def _list_backbones(names: list[str], width: int, suite: str) -> None:
+    """Each backbone with its parameter count and forward FLOPs at the suite's image size."""
+    from harness.backbones import cost
+
+    size = int(registry.suites.get(suite).profile.get("data.image_size", 224))
+    print(f"backbones (parameters, forward GFLOPs per {size}x{size} image, suite '{suite}'; "
+          f"<name>_x<k> gives the Revisiting width k, e.g. resnet50_v2_x16):")
+    for name in names:
+        try:
+            n_params, flops = cost(name, size)
+            stats = f"{n_params / 1e6:8.2f} M  {flops / 1e9:8.3f} GFLOPs"
+        except Exception as e:  # a third-party backbone that cannot run at this size still lists
+            stats = f"{'?':>10}  {'?':>14}  ({type(e).__name__})"
+        print(f"  {name:<{width}}  {stats}  {registry.backbones.describe(name)}")
 
 
 def cmd_leaderboard(args) -> int:

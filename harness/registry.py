@@ -63,9 +63,41 @@ class Registry:
         return f"{desc} [{source}]" if source else desc
 
 
+class BackboneRegistry(Registry):
+    """Backbones, plus the Revisiting study's widths by name: ``<backbone>_x<k>`` is the
+    backbone at ``filters_factor`` k (Kolesnikov et al. 2019), whose root convolution has 16k
+    filters, i.e. k/4 times the standard width (``resnet50_v2_x16`` = 4x ResNet-50 v2); a
+    ``backbone.width`` multiplier applies on top of it."""
+
+    def get(self, name: str):
+        import re
+
+        m = re.fullmatch(r"(.+)_x(\d+)", name)
+        eps = self._entry_points()
+        if m is None or name in eps or name in self._loaded or m.group(1) not in eps:
+            return super().get(name)
+        import inspect
+
+        base, k = super().get(m.group(1)), int(m.group(2))
+        sig = inspect.signature(base)
+        if "width" not in sig.parameters or k <= 0:
+            raise UsageError(f"backbone '{name}': '{m.group(1)}' has no width to scale to filters factor {k}")
+
+        def factory(**kwargs):
+            kwargs["width"] = kwargs.get("width", 1) * k / 4
+            return base(**kwargs)
+
+        factory.__signature__ = sig
+        factory.__doc__ = base.__doc__
+        factory.description = (f"{getattr(base, 'description', m.group(1))}; Revisiting width {k}x "
+                               f"(filters factor {k} = {k / 4:g} x standard)")
+        self._loaded[name] = factory
+        return factory
+
+
 methods = Registry("methods")
 evals = Registry("evals")
-backbones = Registry("backbones")
+backbones = BackboneRegistry("backbones")
 suites = Registry("suites")
 
 REGISTRIES = {"methods": methods, "evals": evals, "backbones": backbones, "suites": suites}

@@ -140,7 +140,7 @@ class Method(nn.Module):
         return self.backbone.num_features if block is None else self.backbone.block_channels(block)
 
 
-PROBE_LAYERS = ("pre_logits", "block1", "block2", "block3", "block4")
+PROBE_LAYERS = ("pre_logits", "block1", "block2", "block3", "block4", "block5")  # block5: AlexNet and VGG conv5
 MAX_FEATURES = 9000  # Revisiting SSL, linear_eval.py: taps above this are max-pooled down
 
 

@@ -27,3 +27,23 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
         if not hasattr(model, attr):
             raise TypeError(f"backbone '{name}' ({type(model).__name__}) lacks required attribute '{attr}'")
     return model
+
+
+def cost(name: str, image_size: int, **kwargs) -> tuple[int, int]:
+    """(parameters, forward FLOPs for one image) of backbone ``name`` built for
+    ``image_size`` inputs as methods build it (small-input stems at 64 px and below, ViTs at
+    that size). FLOPs count a multiply-add as 2 (torch.utils.flop_counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = inspect.signature(registry.backbones.get(name)).parameters
+    if "small_input" in params:
+        kwargs.setdefault("small_input", image_size <= 64)
+    if "img_size" in params:
+        kwargs.setdefault("img_size", image_size)
+    model = create_backbone(name, **kwargs).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    return n_params, int(counter.get_total_flops())

@@ -105,6 +105,21 @@ def resnet18(width: float = 1, norm: str = "batch", small_input: bool = False) -
     return ResNet(BasicBlock, [2, 2, 2, 2], width=width, norm=norm, small_input=small_input)
 
 
+def resnet34(width: float = 1, norm: str = "batch", small_input: bool = False) -> ResNet:
+    """ResNet-34 v1 (He et al. 2016) with a width multiplier."""
+    return ResNet(BasicBlock, [3, 4, 6, 3], width=width, norm=norm, small_input=small_input)
+
+
+def resnet101(width: float = 1, norm: str = "batch", small_input: bool = False) -> ResNet:
+    """ResNet-101 v1 (He et al. 2016) with a width multiplier."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], width=width, norm=norm, small_input=small_input)
+
+
+def resnet152(width: float = 1, norm: str = "batch", small_input: bool = False) -> ResNet:
+    """ResNet-152 v1 (He et al. 2016) with a width multiplier."""
+    return ResNet(Bottleneck, [3, 8, 36, 3], width=width, norm=norm, small_input=small_input)
+
+
 def resnet50(width: float = 1, norm: str = "batch", small_input: bool = False) -> ResNet:
     """ResNet-50 v1 (He et al. 2016) with a width multiplier (SimCLR's 1x/2x/4x)."""
     return ResNet(Bottleneck, [3, 4, 6, 3], width=width, norm=norm, small_input=small_input)
@@ -117,4 +132,7 @@ def resnet_small(width: float = 1, norm: str = "batch", small_input: bool = True
 
 resnet18.description = "ResNet-18 v1 (He et al. 2016), width multiplier"
 resnet50.description = "ResNet-50 v1 (He et al. 2016), width multiplier"
+resnet34.description = "ResNet-34 v1 (He et al. 2016), width multiplier"
+resnet101.description = "ResNet-101 v1 (He et al. 2016), width multiplier"
+resnet152.description = "ResNet-152 v1 (He et al. 2016), width multiplier"
 resnet_small.description = "small ResNet (1 block/stage, 32-256 ch) for CPU runs on the embedded suite"

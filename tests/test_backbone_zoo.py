@@ -1,0 +1,146 @@
+"""The backbone zoo: standard-width parameter counts against torchvision/timm, width scaling,
+the Revisiting width names, RevNet's memory-saving backward, FLOPs."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from harness.backbones import cost, create_backbone
+from harness.cli import main
+
+
+def _n(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
+def test_resnet_v1_matches_torchvision_without_its_classifier(name):
+    tv = getattr(torchvision.models, name)()
+    assert _n(create_backbone(name)) == _n(tv) - _n(tv.fc)
+
+
+def test_vgg19_bn_matches_torchvision_without_its_last_layer():
+    tv = torchvision.models.vgg19_bn()
+    assert _n(create_backbone("vgg19_bn")) == _n(tv) - _n(tv.classifier[6])
+
+
+def test_resnet50_v2_matches_timm():
+    assert _n(create_backbone("resnet50_v2")) == _n(timm.create_model("resnetv2_50", num_classes=0))
+
+
+def test_alexnet_parameter_count_by_hand():
+    # conv weights (no bias: BN follows) + BN (2 per channel); fc6/fc7 the same way.
+    convs = [(3, 96, 11), (96, 256, 5), (256, 384, 3), (384, 384, 3), (384, 256, 3)]
+    expected = sum(ci * co * k * k + 2 * co for ci, co, k in convs)
+    expected += 256 * 36 * 4096 + 2 * 4096 + 4096 * 4096 + 2 * 4096
+    assert _n(create_backbone("alexnet")) == expected
+    plain = sum(ci * co * k * k + co for ci, co, k in convs) + 256 * 36 * 4096 + 4096 + 4096 * 4096 + 4096
+    assert _n(create_backbone("alexnet", norm="none")) == plain
+
+
+@pytest.mark.parametrize("name, standard", [("resnet50", 2048), ("resnet50_v2", 2048), ("revnet50", 2048),
+                                            ("vgg19_bn", 4096), ("alexnet", 4096), ("resnet18", 512)])
+def test_width_multiplier_scales_channels(name, standard):
+    assert create_backbone(name).num_features == standard
+    assert create_backbone(name, width=0.5).num_features == standard // 2
+    wide = create_backbone(name, width=2)
+    assert wide.num_features == 2 * standard
+
+
+def test_revisiting_width_names():
+    # filters factor k: root conv with 16k filters, k/4 times the standard network.
+    assert create_backbone("resnet50_v2_x16").num_features == 4 * 2048
+    assert create_backbone("resnet50_v1_x4").num_features == 2048
+    assert create_backbone("revnet50_x8", width=0.5).num_features == 2048  # a multiplier applies on top
+    stem = create_backbone("resnet50_v1_x12").stem[0]
+    assert stem.out_channels == 16 * 12
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg19_bn", "resnet50_v2", "revnet50", "resnet34"])
+def test_every_backbone_has_pooled_maps_and_named_stages(name):
+    kw = {} if name == "vgg19_bn" else {"small_input": True}
+    m = create_backbone(name, width=0.25, **kw).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        pooled, maps, stages = m(x), m.forward_maps(x), m.forward_stages(x)
+    assert pooled.shape == (2, m.num_features)
+    assert maps.dim() == 4 and maps.shape[0] == 2
+    assert torch.allclose(stages["pre_logits"], pooled, atol=1e-6)
+    blocks = [k for k in stages if k.startswith("block")]
+    assert len(blocks) >= 4
+    for k in blocks:
+        assert stages[k].shape[1] == m.block_channels(int(k[5:]))
+
+
+def _randomise_bn(model):
+    # A trained network's BN: without it, zero-initialised biases put exact zeros into ReLUs,
+    # where reconstruction round-off decides the subgradient.
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.copy_(torch.rand(mod.weight.shape, generator=g, dtype=mod.weight.dtype) + 0.5)
+                mod.bias.copy_(torch.rand(mod.bias.shape, generator=g, dtype=mod.bias.dtype) - 0.5)
+
+
+def test_revnet_memory_saving_backward_equals_ordinary_autograd():
+    torch.manual_seed(0)
+    rev = create_backbone("revnet50", width=0.25, small_input=True).double().train()
+    _randomise_bn(rev)
+    ref = copy.deepcopy(rev)
+    ref.memory_saving = False
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    w = torch.randn(4, rev.num_features, dtype=torch.float64)
+    (rev(xa) * w).sum().backward()
+    (ref(xb) * w).sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, rtol=0, atol=1e-5 * xb.grad.abs().max().item())
+    for (name, pa), pb in zip(rev.named_parameters(), ref.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, rtol=0, atol=1e-5 * max(pb.grad.abs().max().item(), 1e-12)), name
+    # BatchNorm running statistics are updated once per forward, as in the ordinary network.
+    for (name, ba), bb in zip(rev.named_buffers(), ref.buffers()):
+        assert torch.equal(ba, bb), name
+
+
+def test_revnet_keeps_one_unit_of_activations_per_stage():
+    """What the forward pass keeps for the backward pass does not grow with the number of
+    reversible units (the backward pass then recomputes one unit at a time)."""
+    from harness.backbones.revnet import RevNet
+
+    def saved_bytes(layers, memory_saving):
+        torch.manual_seed(0)
+        net = RevNet(layers, width=0.25, small_input=True, memory_saving=memory_saving).train()
+        seen = {}
+
+        def pack(t):
+            seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = net(torch.randn(8, 3, 32, 32)).sum()
+        out.backward()
+        return sum(seen.values())
+
+    shallow, deep = saved_bytes((2, 2, 2, 2), True), saved_bytes((2, 2, 12, 2), True)
+    plain_shallow, plain_deep = saved_bytes((2, 2, 2, 2), False), saved_bytes((2, 2, 12, 2), False)
+    assert plain_deep > 1.5 * plain_shallow  # ordinary autograd stores every unit
+    assert deep < 1.05 * shallow  # parameters aside, nothing grows with depth
+
+
+def test_flops_of_resnet50_at_224_match_the_reference():
+    # REFERENCE.md: ResNet-50 at 224 px, 4.11 GMACs forward = 8.2 GFLOP.
+    _, flops = cost("resnet50", 224)
+    assert abs(flops / 1e9 - 8.22) < 0.1
+
+
+def test_list_backbones_shows_parameters_and_flops(capsys):
+    assert main(["list", "backbones"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.strip().startswith("resnet50_v2 "))
+    assert "23.49 M" in line and "GFLOPs" in line
+    assert "32x32" in out.splitlines()[0]
