@@ -133,6 +133,25 @@ def _parser() -> argparse.ArgumentParser:
     _launch_args(sw)
     sw.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
 
+    study = sub.add_parser("study", help="studies over a grid of runs, with a report")
+    study_sub = study.add_subparsers(dest="study_kind", required=True)
+    arch = study_sub.add_parser("arch", help="method rankings across architectures and widths (Kolesnikov et al. 2019)",
+                                description="Runs every method on every backbone at every width and seed (through "
+                                            "the launcher), then writes the report: mean +- std table, score-vs-width "
+                                            "figure, Kendall's tau between rankings, rank reversals.")
+    arch.add_argument("--methods", required=True, help="comma list of methods")
+    arch.add_argument("--backbones", required=True, help="comma list of backbones")
+    arch.add_argument("--widths", default="4", help="comma list of filters factors k (k/4 x the standard width; default 4)")
+    arch.add_argument("--seeds", default="1,2,3", help="comma list of seeds (default 1,2,3)")
+    arch.add_argument("--suite", default="digits")
+    arch.add_argument("--eval", default="linear", dest="evals", help="evals to run; the first is compared (default linear)")
+    arch.add_argument("--metric", default="top1", help="metric of that eval (default top1)")
+    arch.add_argument("--epochs", type=int)
+    arch.add_argument("--tracking-uri")
+    arch.add_argument("--report-dir", help="where the report goes (default runs/studies/<study id>)")
+    _launch_args(arch)
+    arch.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
+
     st = sub.add_parser("status", help="the harness's submitted jobs and their states")
     st.add_argument("--jobs-dir", default=str(DEFAULT_JOBS_DIR), help=f"where jobs were recorded (default {DEFAULT_JOBS_DIR})")
     st.add_argument("--sweep", help="only this sweep id")
@@ -205,10 +224,22 @@ def cmd_sweep(args, argv: list[str]) -> int:
             extra["backbone.width"] = int(width) if float(width).is_integer() else width
         reqs.append(RunRequest(method=method, suite=args.suite, backbone=backbone, evals=args.evals, seed=seed,
                                epochs=args.epochs, tracking_uri=args.tracking_uri, overrides=extra, argv=argv))
-    sweep_id, jobs = submit_sweep(reqs, _launch_options(args))
+    sweep_id, jobs, _ = submit_sweep(reqs, _launch_options(args))
     if jobs and (args.wait or args.launcher == "local"):
         wait(jobs)
         print(f"[harness] sweep {sweep_id}: {len(jobs)} runs finished")
+    return 0
+
+
+def cmd_study(args, argv: list[str]) -> int:
+    from harness.config import parse_override
+    from harness.study import run_arch_study
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    run_arch_study(_csv(args.methods), _csv(args.backbones), _csv(args.widths, float), _csv(args.seeds, int),
+                   suite=args.suite, evals=args.evals, epochs=args.epochs, overrides=overrides,
+                   tracking_uri=args.tracking_uri, opts=_launch_options(args), out_dir=args.report_dir,
+                   metric=args.metric, argv=argv)
     return 0
 
 
@@ -282,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sweep(args, argv)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "study":
+            return cmd_study(args, argv)
         return cmd_leaderboard(args)
     except UsageError as e:
         print(f"harness: error: {e}", file=sys.stderr)

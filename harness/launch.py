@@ -263,10 +263,17 @@ def submit_run(req: RunRequest, opts: LaunchOptions, log=print) -> list:
     return [job for job, _ in jobs]
 
 
-def submit_sweep(reqs: list[RunRequest], opts: LaunchOptions, log=print) -> tuple[str, list]:
-    """All runs of a sweep as one job array (Slurm), one tag ``harness.sweep_id`` on each."""
+def new_id() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def submit_sweep(reqs: list[RunRequest], opts: LaunchOptions, log=print,
+                 sweep_id: str | None = None) -> tuple[str, list, list[RunRequest]]:
+    """All runs of a sweep as one job array (Slurm), one tag ``harness.sweep_id`` on each.
+    Returns the sweep id, the jobs (none in-process) and the requests as resolved (absolute
+    output directories)."""
     opts.validate()
-    sweep_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    sweep_id = sweep_id or new_id()
     prepared = [_absolute(dataclasses.replace(r, tags={**r.tags, "harness.sweep_id": sweep_id,
                                                         "harness.launcher": opts.launcher}))[0] for r in reqs]
     dirs = [r.output_dir for r in prepared]
@@ -276,7 +283,7 @@ def submit_sweep(reqs: list[RunRequest], opts: LaunchOptions, log=print) -> tupl
     if opts.launcher == "inprocess":
         for r in prepared:
             execute(r)
-        return sweep_id, []
+        return sweep_id, [], prepared
     folder = opts.jobs_dir.resolve()
     with _Snapshot(opts, folder, log):
         ex = _executor(opts, folder, f"harness-sweep-{sweep_id}")
@@ -287,7 +294,7 @@ def submit_sweep(reqs: list[RunRequest], opts: LaunchOptions, log=print) -> tupl
     first = jobs[0].job_id.split("_")[0] if jobs else "-"
     log(f"[harness] submitted {len(jobs)} runs as {'job array ' + first if opts.launcher == 'slurm' else 'local jobs'}; "
         f"logs under {folder}; follow with `harness status --sweep {sweep_id}`")
-    return sweep_id, jobs
+    return sweep_id, jobs, prepared
 
 
 # -- waiting and status --------------------------------------------------------------------

@@ -104,3 +104,15 @@ def eval_runs(tracking_uri: str) -> pd.DataFrame:
             out[metric] = float("nan")
     extra = sorted(c for c in out.columns if c not in COLUMNS)
     return out[_LEADING + list(HEADLINE_METRICS) + extra + _TRAILING].reset_index(drop=True)
+
+
+def study_runs(tracking_uri: str) -> list:
+    """The finished study runs (``harness.stage = study``), newest first."""
+    if _missing_sqlite_file(tracking_uri):
+        return []
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None or experiment.lifecycle_stage == LifecycleStage.DELETED:
+        return []
+    return list(client.search_runs([experiment.experiment_id], "tags.`harness.stage` = 'study'",
+                                   order_by=["attributes.start_time DESC"], max_results=1000))

@@ -85,9 +85,33 @@ def _suite_sections(table: pd.DataFrame) -> list[dict]:
     return sections
 
 
-def render_html(table: pd.DataFrame, tracking_uri: str, generated_at: datetime) -> str:
+def publish_studies(tracking_uri: str, out_dir: Path) -> list[dict]:
+    """Each study's report (an MLflow artifact) as a page of the site: studies/<id>.html."""
+    from mlflow.artifacts import download_artifacts
+
+    from leaderboard.query import study_runs
+
+    pages = []
+    for run in study_runs(tracking_uri):
+        tags = run.data.tags
+        study_id = tags.get("harness.study_id", run.info.run_id)
+        try:
+            local = download_artifacts(run_id=run.info.run_id, artifact_path="report.html", tracking_uri=tracking_uri)
+        except Exception:  # a study whose artifacts are gone is listed as such, not fatal
+            pages.append({"id": study_id, "href": None, "suite": tags.get("harness.suite"), "grid": tags.get("harness.study_grid")})
+            continue
+        target = out_dir / "studies" / f"{study_id}.html"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(Path(local).read_bytes())
+        pages.append({"id": study_id, "href": f"studies/{study_id}.html", "suite": tags.get("harness.suite"),
+                      "grid": tags.get("harness.study_grid"), "metric": f"{tags.get('harness.eval')} {tags.get('harness.metric')}"})
+    return pages
+
+
+def render_html(table: pd.DataFrame, tracking_uri: str, generated_at: datetime, studies: list[dict] = ()) -> str:
     template = _environment().get_template("index.html")
     return template.render(
+        studies=list(studies),
         title="SSL harness leaderboard",
         experiment=EXPERIMENT_NAME,
         tracking_uri=_display_uri(tracking_uri),
@@ -104,8 +128,9 @@ def build(tracking_uri: str, out_dir: Path) -> Path:
     table = leaderboard_table(eval_runs(tracking_uri))
 
     html_path = out_dir / "index.html"
+    studies = publish_studies(tracking_uri, out_dir)
     html_path.write_text(
-        render_html(table, tracking_uri, datetime.now(timezone.utc)), encoding="utf-8"
+        render_html(table, tracking_uri, datetime.now(timezone.utc), studies), encoding="utf-8"
     )
     csv_frame(table).to_csv(out_dir / "leaderboard.csv", index=False)
     return html_path
