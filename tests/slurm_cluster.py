@@ -52,9 +52,22 @@ def _ensure_munge(folder: Path) -> None:
     raise RuntimeError("munged did not start")
 
 
+def _cmdlines() -> dict[int, str]:
+    """pid -> command line, from /proc (no procps needed)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                out[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                pass
+    return out
+
+
 def _pids(name: str) -> set[int]:
-    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
-    return {int(p) for p in out.stdout.split()}
+    """Processes whose command line starts with ``name`` (slurmstepd names itself
+    'slurmstepd: [job.step]')."""
+    return {pid for pid, cmd in _cmdlines().items() if cmd.split(" ")[0].split("/")[-1].startswith(name)}
 
 
 def _alive(pid: int) -> bool:
@@ -129,8 +142,8 @@ PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
             out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=env)
             if out.returncode == 0 and out.stdout.strip() in ("idle", "mixed", "allocated"):
                 # The daemons of this cluster (their command lines name its config file).
-                found = subprocess.run(["pgrep", "-f", str(self.conf)], capture_output=True, text=True)
-                self._daemon_pids = [int(p) for p in found.stdout.split()]
+                self._daemon_pids = [pid for pid, cmd in _cmdlines().items()
+                                     if str(self.conf) in cmd and pid != os.getpid()]
                 return self
             time.sleep(0.5)
         raise RuntimeError(f"the test Slurm node did not come up; see {self.folder}/slurmctld.log and slurmd.log")
