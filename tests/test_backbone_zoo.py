@@ -144,3 +144,11 @@ def test_list_backbones_shows_parameters_and_flops(capsys):
     line = next(l for l in out.splitlines() if l.strip().startswith("resnet50_v2 "))
     assert "23.49 M" in line and "GFLOPs" in line
     assert "32x32" in out.splitlines()[0]
+
+
+@pytest.mark.parametrize("name", ["revnet50", "resnet50_v2", "resnet50"])
+def test_backbones_read_tiny_patches(name):
+    # relative_patch and jigsaw feed 6-8 px tiles of 32 px digits: every stage must cope.
+    m = create_backbone(name, width=0.25, small_input=True).eval()
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, 6, 6)).shape == (2, m.num_features)

@@ -108,7 +108,7 @@ def _pool_and_pad(x: torch.Tensor, out_channels: int, stride: int) -> torch.Tens
     """Between stages: average-pool to the new resolution and zero-pad the channels, keeping
     the two halves aligned (each half is padded)."""
     if stride > 1:
-        x = F.avg_pool2d(x, stride)
+        x = F.avg_pool2d(x, stride, ceil_mode=True)  # a 1x1 map (small patches) stays 1x1
     extra = out_channels - x.shape[1]
     if extra:
         x1, x2 = x.chunk(2, dim=1)
