@@ -146,9 +146,10 @@ def test_list_backbones_shows_parameters_and_flops(capsys):
     assert "32x32" in out.splitlines()[0]
 
 
-@pytest.mark.parametrize("name", ["revnet50", "resnet50_v2", "resnet50"])
+@pytest.mark.parametrize("name", ["revnet50", "resnet50_v2", "resnet50", "vgg19_bn", "alexnet"])
 def test_backbones_read_tiny_patches(name):
     # relative_patch and jigsaw feed 6-8 px tiles of 32 px digits: every stage must cope.
-    m = create_backbone(name, width=0.25, small_input=True).eval()
+    kw = {} if name == "vgg19_bn" else {"small_input": True}
+    m = create_backbone(name, width=0.25, **kw).eval()
     with torch.no_grad():
         assert m(torch.randn(2, 3, 6, 6)).shape == (2, m.num_features)

@@ -18,6 +18,9 @@ class VGG(nn.Module):
             raise UsageError(f"backbone.width={width}: expected a positive multiplier")
         layout = [v if v == "M" else int(round(v * width)) for v in cfgs[cfg]]
         self.features = make_layers(layout, batch_norm=True)
+        for m in self.features:
+            if isinstance(m, nn.MaxPool2d):
+                m.ceil_mode = True  # small inputs (6-8 px patches) keep a 1x1 map; even sizes are unchanged
         last = [v for v in layout if v != "M"][-1]
         fc = int(round(fc_dim * width))
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
