@@ -50,7 +50,7 @@ def rank_reversals(summ: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for width, at_w in summ.groupby("width"):
         pivot = at_w.pivot(index="method", columns="backbone", values="mean")
-        spread = at_w.pivot(index="method", columns="backbone", values="std").fillna(0.0)
+        spread = at_w.pivot(index="method", columns="backbone", values="std")  # NaN with one seed
         for m1, m2 in itertools.combinations(sorted(pivot.index), 2):
             for a, b in itertools.combinations(sorted(pivot.columns), 2):
                 d_a = pivot.at[m1, a] - pivot.at[m2, a]
@@ -59,12 +59,16 @@ def rank_reversals(summ: pd.DataFrame) -> pd.DataFrame:
                     rows.append({"width": width, "arch_a": a, "winner_a": m1 if d_a > 0 else m2,
                                  "arch_b": b, "winner_b": m1 if d_b > 0 else m2,
                                  "loser_a": m2 if d_a > 0 else m1, "gap_a": abs(d_a), "gap_b": abs(d_b),
-                                 # Both gaps larger than the seed std of either cell they compare.
-                                 "beyond_seed_spread": bool(
-                                     abs(d_a) > max(spread.at[m1, a], spread.at[m2, a])
-                                     and abs(d_b) > max(spread.at[m1, b], spread.at[m2, b]))})
+                                 "beyond_seed_spread": _beyond(spread, m1, m2, a, d_a) and _beyond(spread, m1, m2, b, d_b)})
     return pd.DataFrame(rows, columns=["width", "arch_a", "winner_a", "loser_a", "arch_b", "winner_b", "gap_a", "gap_b",
                                        "beyond_seed_spread"])
+
+
+def _beyond(spread: pd.DataFrame, m1: str, m2: str, arch: str, gap: float) -> bool:
+    """The gap exceeds the seed std of both cells it compares; False when a std is unknown
+    (one seed): a reversal is only called clear when the seeds say so."""
+    stds = [spread.at[m1, arch], spread.at[m2, arch]]
+    return bool(all(np.isfinite(stds)) and abs(gap) > max(stds))
 
 
 def figure(summ: pd.DataFrame, metric: str, path: Path) -> Path:

@@ -37,6 +37,9 @@ def test_table_tau_and_reversals_on_a_known_grid(tmp_path):
     one = flips[(flips.arch_a == "a") & (flips.arch_b == "b") & (flips.winner_a == "x") & (flips.loser_a == "z")]
     assert len(one) == 1 and one.iloc[0].winner_b == "z" and one.iloc[0].gap_a == pytest.approx(20)
 
+    one_seed = summary(_grid()[_grid().seed == 1])
+    assert not rank_reversals(one_seed).beyond_seed_spread.any()  # one seed: spread unknown, never "clear"
+
     paths = write_report(_grid(), tmp_path, study_id="s1", metric="linear top1", suite="digits")
     html = paths["report"].read_text()
     assert "50.0" in html and "± 0.7" in html  # the table
