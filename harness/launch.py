@@ -316,14 +316,38 @@ def _result(folder: str, job_id: str):
     return pickle_load(paths.result_pickle) if paths.result_pickle.exists() else None
 
 
-def wait(jobs, poll_s: float = 2.0, log=print) -> list:
-    """Block until every job has written its result; the results in order. A failed job is
-    an error naming its log."""
+# Slurm states in which a job may still write its result (a requeued job passes through them).
+_LIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+         "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT")
+
+
+def _gone(job) -> bool:
+    """The job can no longer write a result: cancelled, killed, or waiting on a dependency
+    that failed. (A finished job writes its result before its process exits.)"""
+    import submitit
+
+    if isinstance(job, submitit.SlurmJob):
+        state = _array_state(str(job.job_id), _squeue_states([str(job.job_id)]))
+        return state is None or not state.startswith(_LIVE) or "DependencyNeverSatisfied" in state
+    return not _pid_alive(str(job.job_id))
+
+
+def wait(jobs, poll_s: float = 2.0, log=print, grace_polls: int = 5) -> list:
+    """Block until every job has written its result; the results in order. A failed job, or
+    one that ended without a result, is an error naming its log."""
     pending = list(jobs)
+    gone = {str(j.job_id): 0 for j in pending}
     while True:
         results = [_result(str(j.paths.folder), str(j.job_id)) for j in pending]
         if all(r is not None for r in results):
             break
+        for job, res in zip(pending, results):
+            if res is None:
+                # Several polls in a row, so a job between exit and result file is not misread.
+                gone[str(job.job_id)] = gone[str(job.job_id)] + 1 if _gone(job) else 0
+                if gone[str(job.job_id)] >= grace_polls:
+                    raise UsageError(f"job {job.job_id} ended without a result (cancelled, killed, or its "
+                                     f"dependency failed); log: {job.paths.stderr}")
         time.sleep(poll_s)
     out = []
     for job, (outcome, value) in zip(pending, results):
@@ -337,13 +361,13 @@ def wait(jobs, poll_s: float = 2.0, log=print) -> list:
 def _squeue_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids or not shutil.which("squeue"):
         return {}
-    out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(sorted({j.split('_')[0] for j in job_ids}))],
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T %r", "-j", ",".join(sorted({j.split('_')[0] for j in job_ids}))],
                          capture_output=True, text=True, timeout=60)
     states = {}
     for line in out.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
+        if len(parts) == 3:  # a pending job shows why it waits, e.g. "PENDING (Dependency)"
+            states[parts[0]] = f"{parts[1]} ({parts[2]})" if parts[1] == "PENDING" else parts[1]
     return states
 
 

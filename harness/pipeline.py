@@ -142,7 +142,7 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
     data_hash = suite.content_hash()
     out_dir = Path(req.output_dir).resolve() if req.output_dir else default_output_dir(req, cfg)
     if not main:
-        _pretrain(cfg, method_cls, suite, out_dir, _device(cfg), _deterministic(cfg), None, None, log)
+        _pretrain(cfg, method_cls, suite, out_dir, pick_device(cfg), _deterministic(cfg), None, None, log)
         return {}
     tracker = Tracker(req.tracking_uri)  # an unreachable server fails here, before any output
     tracker.spill_path = out_dir / "unsent_metrics.jsonl"
@@ -153,7 +153,7 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
     _write_json(out_dir / "config.json", cfg.to_dict())
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
 
-    device = _device(cfg)
+    device = pick_device(cfg)
     deterministic = _deterministic(cfg)
     commit, dirty = provenance.git_state()
     state = _read_json(out_dir / "state.json", {})
@@ -192,7 +192,7 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
         # A resumed (requeued, re-submitted) pretraining records where it runs now; an eval
         # stage leaves the parent's tags alone (its own run has its job id).
         tracker.set_tags(parent, {"harness.slurm_job_id": identity["harness.slurm_job_id"], "harness.world_size": world,
-                              "harness.per_process_batch": identity["harness.per_process_batch"],
+                                  "harness.per_process_batch": identity["harness.per_process_batch"],
                                   **{k: str(v) for k, v in req.tags.items()}})
     log(f"[harness] output: {out_dir}\n[harness] mlflow run {parent} at {tracker.uri}")
 
@@ -213,13 +213,9 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
     return results
 
 
-def _device(cfg: Config) -> torch.device:
-    return pick_device(cfg)
-
-
 def _deterministic(cfg: Config) -> bool:
     det = cfg["train.deterministic"]
-    return _device(cfg).type == "cpu" if det is None else bool(det)
+    return pick_device(cfg).type == "cpu" if det is None else bool(det)
 
 
 def _write_results(out_dir: Path, evals: list[str], cfg: Config) -> None:

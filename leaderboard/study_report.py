@@ -12,7 +12,6 @@ and the leaderboard publishes.
 from __future__ import annotations
 
 import base64
-import io
 import itertools
 from datetime import datetime, timezone
 from pathlib import Path

@@ -163,3 +163,25 @@ def test_requeued_job_resumes_and_ends_like_an_uninterrupted_run(slurm, tmp_path
     assert sorted(set(_metric_steps(uri, run_id))) == list(range(1, 25))  # no step's metrics lost
     log = Path(pretrain["stdout"]).read_text()
     assert f"resuming pretraining from {ckpt}" in log
+
+
+def test_waiting_on_a_cancelled_run_is_an_error_not_a_hang(slurm, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    jobs_dir = tmp_path / "jobs"
+    assert main(["run", *TINY_RUN, "train.epochs=50", "--launcher", "slurm", "--output-dir", str(tmp_path / "run"),
+                 "--tracking-uri", uri, "--jobs-dir", str(jobs_dir)]) == 0
+    rows = read_jobs(jobs_dir)
+    subprocess.run(["scancel", rows[0]["job_id"]], check=True)  # the pretraining; the eval now waits forever
+
+    from harness.launch import wait
+    from harness.errors import UsageError
+    from submitit import SlurmJob
+
+    started = time.time()
+    with pytest.raises(UsageError, match="ended without a result"):
+        wait([SlurmJob(folder=str(jobs_dir.resolve() / "%j"), job_id=r["job_id"]) for r in rows], poll_s=0.5)
+    assert time.time() - started < 120
+    assert main(["status", "--jobs-dir", str(jobs_dir)]) == 0
+    status = capsys.readouterr().out
+    pretrain_line = next(line for line in status.splitlines() if line.startswith(rows[0]["job_id"] + " "))
+    assert "CANCELLED" in pretrain_line or "ENDED" in pretrain_line
