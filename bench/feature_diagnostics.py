@@ -7,6 +7,10 @@ group images by something other than their class even where they were trained), 
 BatchNorm in batch-statistics mode (rules running-statistics mismatch in or out), and the
 effective rank of the train features (exp of the entropy of the normalised squared singular
 values; Roy & Vetterli 2007): a few directions carrying everything is dimensional collapse.
+Two more say what the features group by instead, from the suite's MANIFEST.json: leave-one-out
+kNN of the background photograph an image was cut from (7 train photographs: high means the
+features encode the background), and how often an image's nearest neighbour is the same
+written digit on another background (its other copy: high means they encode the stroke).
 
     python bench/feature_diagnostics.py byol runs/byol-digits-s0
 """
@@ -42,6 +46,24 @@ def loo_knn(feats: torch.Tensor, labels: torch.Tensor, classes: int, k: int = 20
     return 100.0 * (votes.argmax(1) == labels).float().mean().item()
 
 
+def background_labels(dataset, suite_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per train image: the index of its background photograph and of its source digit."""
+    import json
+
+    files = json.loads((suite_root / "MANIFEST.json").read_text())["files"]
+    recs = [files[str(Path(p).relative_to(suite_root))] for p, _ in dataset.samples]
+    photos = sorted({r["photo"] for r in recs})
+    return (torch.tensor([photos.index(r["photo"]) for r in recs]),
+            torch.tensor([r["digit"] for r in recs]))
+
+
+def other_copy_top1(feats: torch.Tensor, digit: torch.Tensor) -> float:
+    z = F.normalize(feats, dim=1)
+    sim = z @ z.t()
+    sim.fill_diagonal_(-2)
+    return 100.0 * (digit[sim.argmax(1)] == digit).float().mean().item()
+
+
 def main() -> None:
     method_name, run_dir = sys.argv[1], Path(sys.argv[2])
     cfg, method_cls, suite_cls, _ = build_config(RunRequest(method=method_name, seed=0))
@@ -53,8 +75,10 @@ def main() -> None:
     tf = eval_transform(int(cfg["data.image_size"]), cfg["data.eval_resize_ratio"])
     train, val = suite.split("train", tf), suite.split("val", tf)
     cpu, n_cls = torch.device("cpu"), len(train.classes)
-    print("| network | val kNN | train leave-one-out kNN | val kNN, batch-statistics BN | effective rank |")
-    print("| --- | --- | --- | --- | --- |")
+    photo, digit = background_labels(train, suite.prepare())
+    print("| network | val kNN | train leave-one-out kNN | val kNN, batch-statistics BN | effective rank "
+          "| train leave-one-out kNN of the background photo | nearest neighbour is the other copy |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, model in (("random init", random_init), ("trained", trained)):
         ftr, ytr = extract(model, train, cpu, 256, "train")
         fva, yva = extract(model, val, cpu, 256, "val")
@@ -67,7 +91,8 @@ def main() -> None:
         except UsageError as e:  # e.g. MoCo's split BN cannot split the last, odd batch
             knn_bn = f"n/a ({e})"
         print(f"| {method_name} {name} | {knn:.1f} | {loo_knn(ftr, ytr, n_cls):.1f} | {knn_bn} | "
-              f"{effective_rank(ftr):.1f} of {ftr.shape[1]} |", flush=True)
+              f"{effective_rank(ftr):.1f} of {ftr.shape[1]} | {loo_knn(ftr, photo, int(photo.max()) + 1):.1f} | "
+              f"{other_copy_top1(ftr, digit):.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -106,32 +106,38 @@ class ContextNetwork(nn.Module):
         return z
 
 
+def cpc_v2_recipe(backbone) -> dict:
+    return {
+        "backbone.name": backbone,
+        "backbone.norm": P("layer", f"{HENAFF}, Sec. 4.1: layer norm replaces batch norm"),
+        "data.image_size": P(256, f"{OORD}: 256px images"),
+        "method.patch_size": P(64, f"{OORD}: 64x64 patches"),
+        "method.patch_stride": P(32, f"{OORD}: 32px overlap, a 7x7 grid"),
+        "method.pred_steps": P(3, "harness choice (v1 predicts up to 5 rows below)"),
+        "method.context_blocks": P(4, "harness choice (v2 uses a deeper PixelCNN-style stack)"),
+        "method.context_dim": P(256, "harness choice"),
+        "method.crop_scale_min": P(0.3, "harness choice"),
+        "method.color_drop_p": P(1.0, f"{HENAFF}: colour dropping on every patch"),
+        "method.per_patch_aug": P(True, f"{HENAFF}, Sec. 4.1: augmenting each patch independently"),
+        "method.temperature": P(1.0, f"{OORD}: unscaled dot-product scores"),
+        "train.optimizer": P("adamw", "harness choice (the paper trains with Adam)"),
+        "train.lr": P(4e-4, "harness choice"),
+        "train.weight_decay": P(0.0, "harness choice"),
+        "train.batch_size": P(512, "harness choice"),
+        "train.epochs": P(200, "harness choice"),
+        "train.warmup_epochs": P(5, "harness choice"),
+    }
+
+
 class CPCv2(Method):
     name = "cpc_v2"
     description = "CPC v2: per-patch augmented grid, masked-conv context, InfoNCE on the rows below"
     source = "Hénaff et al., Data-Efficient Image Recognition with CPC, ICML 2020"
     probes_blocks = False  # its representation is not one backbone pass over the image
     recipes = {
-        "default": {
-            "backbone.name": P("resnet50", f"{HENAFF} use ResNet-161; ResNet-50 is the common comparison point"),
-            "backbone.norm": P("layer", f"{HENAFF}, Sec. 4.1: layer norm replaces batch norm"),
-            "data.image_size": P(256, f"{OORD}: 256px images"),
-            "method.patch_size": P(64, f"{OORD}: 64x64 patches"),
-            "method.patch_stride": P(32, f"{OORD}: 32px overlap, a 7x7 grid"),
-            "method.pred_steps": P(3, "harness choice (v1 predicts up to 5 rows below)"),
-            "method.context_blocks": P(4, "harness choice (v2 uses a deeper PixelCNN-style stack)"),
-            "method.context_dim": P(256, "harness choice"),
-            "method.crop_scale_min": P(0.3, "harness choice"),
-            "method.color_drop_p": P(1.0, f"{HENAFF}: colour dropping on every patch"),
-            "method.per_patch_aug": P(True, f"{HENAFF}, Sec. 4.1: augmenting each patch independently"),
-            "method.temperature": P(1.0, f"{OORD}: unscaled dot-product scores"),
-            "train.optimizer": P("adamw", "harness choice (the paper trains with Adam)"),
-            "train.lr": P(4e-4, "harness choice"),
-            "train.weight_decay": P(0.0, "harness choice"),
-            "train.batch_size": P(512, "harness choice"),
-            "train.epochs": P(200, "harness choice"),
-            "train.warmup_epochs": P(5, "harness choice"),
-        },
+        "default": cpc_v2_recipe(P("resnet161_cpc", f"{HENAFF}, Sec. 4.1: ResNet-161, the wider, deeper third stack")),
+        # The common comparison point of the field's other methods.
+        "resnet50": cpc_v2_recipe(P("resnet50", "harness variant: ResNet-50 v1 with the paper's layer norm")),
     }
     suite_profiles = {
         "imagenet": {"data.image_size": P(256, f"{OORD}: 256px images")},

@@ -153,3 +153,39 @@ def test_backbones_read_tiny_patches(name):
     m = create_backbone(name, width=0.25, **kw).eval()
     with torch.no_grad():
         assert m(torch.randn(2, 3, 6, 6)).shape == (2, m.num_features)
+
+
+def _preact_bottleneck_params(cin: int, mid: int, cout: int) -> int:
+    # norm (2 per channel) before each conv; a 1x1 projection shortcut where the shape changes.
+    return 2 * cin + cin * mid + 2 * mid + 9 * mid * mid + 2 * mid + mid * cout + (cin * cout if cin != cout else 0)
+
+
+def test_cpc_v2_resnet161_layout_by_hand():
+    """Hénaff et al. 2019, Sec. 4.1: ResNet-v2-101's first three stacks, the third with 46
+    blocks, 512-d bottlenecks and 4096-d maps. Counted on the meta device (303M parameters)."""
+    with torch.device("meta"):
+        m = create_backbone("resnet161_cpc")
+    expected = 3 * 64 * 7 * 7  # stem conv
+    cin = 64
+    for depth, mid, cout in [(3, 64, 256), (4, 128, 512), (46, 512, 4096)]:
+        for _ in range(depth):
+            expected += _preact_bottleneck_params(cin, mid, cout)
+            cin = cout
+    expected += 2 * 4096  # the final pre-activation norm
+    assert _n(m) == expected
+    assert m.num_features == 4096
+    convs = [name for name, mod in m.named_modules() if isinstance(mod, nn.Conv2d) and "downsample" not in name]
+    assert len(convs) == 161 - 1  # the paper's count includes a classifier layer
+    norms = [mod for mod in m.modules() if isinstance(mod, (nn.GroupNorm, nn.BatchNorm2d))]
+    assert norms and all(isinstance(n, nn.GroupNorm) and n.num_groups == 1 for n in norms)  # layer norm
+
+
+def test_cpc_v2_resnet161_runs_on_patches_at_small_width():
+    m = create_backbone("resnet161_cpc", width=0.125).eval()
+    x = torch.randn(2, 3, 64, 64)  # the paper's 64 px patches
+    with torch.no_grad():
+        assert m(x).shape == (2, 512) and m.forward_maps(x).shape == (2, 512, 4, 4)
+        assert [s.shape[1] for k, s in m.forward_stages(x).items() if k.startswith("block")] == [32, 64, 512]
+    # Layer norm: an image's features do not depend on the rest of the batch.
+    with torch.no_grad():
+        assert torch.allclose(m(x[:1]), m(x)[:1], atol=1e-5)

@@ -107,6 +107,16 @@ def test_digits_split_reads_as_imagefolder(small):
     assert img.size == (16, 16) and label == 0
 
 
+def test_digits_images_are_decoded_once_per_split(small, monkeypatch):
+    ds = small.split("val")
+    first, _ = ds[3]
+    reads = []
+    monkeypatch.setattr("PIL.Image.open", lambda *a, **k: reads.append(a) or pytest.fail("read again"))
+    again, _ = ds[3]
+    assert again is first and not reads
+    assert np.array_equal(np.asarray(again), np.asarray(first))
+
+
 def test_digits_generation_is_deterministic(small, tmp_path):
     other = DigitsSuite(root=tmp_path, **SMALL)
     assert other.data_dir != small.data_dir

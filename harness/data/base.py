@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
 
 
 def data_home() -> Path:
@@ -30,6 +31,9 @@ class Suite:
     description: ClassVar[str] = ""
     profile: ClassVar[dict] = {}
     supported_evals: ClassVar[tuple[str, ...]] = ("linear", "knn")
+    # Keep decoded images in memory after their first read: for suites small enough that
+    # decoding would otherwise cost more than the training step (the embedded one).
+    in_memory: ClassVar[bool] = False
 
     def __init__(self, root: str | Path | None = None, image_size: int = 224, **options):
         self.root = Path(root).expanduser() if root else None
@@ -51,7 +55,8 @@ class Suite:
 
     def split(self, split: str, transform=None) -> ImageFolder:
         root = self.prepare()
-        ds = ImageFolder(str(root / split), transform=transform)
+        loader = DecodedImageCache() if self.in_memory else default_loader
+        ds = ImageFolder(str(root / split), transform=transform, loader=loader)
         if split == "train" and self.train_subset > 0:
             from harness.data.loading import subset_indices
 
@@ -59,3 +64,18 @@ class Suite:
             ds.samples = ds.imgs = [ds.samples[i] for i in keep]
             ds.targets = [s[1] for s in ds.samples]
         return ds
+
+
+class DecodedImageCache:
+    """An ImageFolder loader that decodes each file once per process and then returns the
+    same RGB image. Transforms build new images and never draw on their input, so sharing
+    one decoded image across epochs is safe."""
+
+    def __init__(self):
+        self._images: dict[str, object] = {}
+
+    def __call__(self, path: str):
+        img = self._images.get(path)
+        if img is None:
+            img = self._images[path] = default_loader(path)
+        return img
