@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,11 @@ MOCO = "facebookresearch/moco main_lincls.py"
 SIMCLR = "google-research/simclr README (linear evaluation)"
 DINO = "facebookresearch/dino eval_linear.py"
 REVISITING = "google/revisiting-self-supervised config/evaluation/rotation_or_exemplar.sh, trainer.py, linear_eval.py"
+
+IMAGENET_TRAIN, REVISITING_HOLDOUT = 1_281_167, 50_046
+# Fixed, not the run seed: every run of a suite holds out the same images, so methods are
+# selected on the same validation split.
+HOLDOUT_SEED = 20190125
 
 READOUTS = ("probe_layer", "dino", "last4_cls", "cls_avgpool")
 
@@ -83,6 +89,7 @@ class LinearProbe(Evaluator):
             "layers": P([], "harness: [] = one probe at the read-out; e.g. [block1, block2, block3, block4, pre_logits] trains one head per layer in one frozen pass"),
             "pooling": P("avg", "harness: stage maps average-pooled"),
             "train_crop": P("random_resized", f"{MOCO}: RandomResizedCrop + flip"),
+            "holdout": P(0.0, f"{MOCO}: no validation split (the val set is reported)"),
         },
         "simclr": {
             "epochs": P(90, SIMCLR),
@@ -101,6 +108,7 @@ class LinearProbe(Evaluator):
             "layers": P([], "harness: one probe at the read-out unless layers are listed"),
             "pooling": P("avg", "harness: stage maps average-pooled"),
             "train_crop": P("random_resized", SIMCLR),
+            "holdout": P(0.0, f"{SIMCLR}: no validation split"),
         },
         "dino": {
             "epochs": P(100, DINO),
@@ -119,6 +127,7 @@ class LinearProbe(Evaluator):
             "layers": P([], "harness: one probe at the read-out unless layers are listed"),
             "pooling": P("avg", "harness: stage maps average-pooled"),
             "train_crop": P("random_resized", DINO),
+            "holdout": P(0.0, f"{DINO}: no validation split"),
         },
         # Logistic regression on frozen (max-pooled) taps, Kolesnikov et al. 2019. The public
         # config's "reported results" variant: batch 2048, 520 epochs, decay at 480/500.
@@ -139,6 +148,10 @@ class LinearProbe(Evaluator):
             "readout": P("probe_layer", REVISITING),
             "layers": P([], f"{REVISITING}: a head per tap; list them here (e.g. [block3, block4, pre_logits])"),
             "pooling": P("max9000", f"{REVISITING}: --pool_mode max, taps above 9,000 features pooled down"),
+            # Their ImageNet 'train' split stops 50,046 images before the end of the (shuffled)
+            # TFRecords, which become their validation split: the same share of any suite.
+            "holdout": P(REVISITING_HOLDOUT / IMAGENET_TRAIN,
+                         f"{REVISITING}: validation = the last 50,046 of 1,281,167 train images, test = official val"),
         },
     }
 
@@ -152,13 +165,14 @@ class LinearProbe(Evaluator):
             q.requires_grad_(False)
 
         train_base = suite.split("train")
+        fit, holdout = holdout_split(train_base, float(p["holdout"]), out_dir)
         if p["train_crop"] == "random_resized":
             train_tf = crop_flip_transform(size, p["crop_scale_min"], p["flip"])
         elif p["train_crop"] == "resize_crop":
             train_tf = resize_crop_transform(size, self.cfg["data.eval_resize_ratio"], p["flip"])
         else:
             raise UsageError(f"eval.linear.train_crop={p['train_crop']!r}: expected random_resized or resize_crop")
-        train = SeededTransformDataset(train_base, train_tf, derive_seed(seed, 10))
+        train = SeededTransformDataset(train_base, train_tf, derive_seed(seed, 10), indices=fit)
         num_classes = len(train_base.classes)
         readout = p["readout"]
         if readout not in READOUTS:
@@ -230,31 +244,67 @@ class LinearProbe(Evaluator):
         bar.close()
 
         head.eval()
-        val = suite.split("val", eval_transform(size, self.cfg["data.eval_resize_ratio"]))
-        scores = {k: [] for k in heads}
-        labels = []
-        with torch.no_grad():
-            for x, y in progress(DataLoader(val, batch_size=min(bs, 256)), desc="linear: val", unit="batch", leave=False):
-                for k, f in read(x.to(device)).items():
-                    scores[k].append(head[k](f.float()).cpu())
-                labels.append(torch.as_tensor(y))
-        labels = torch.cat(labels)
-        n = len(labels)
+        eval_tf = eval_transform(size, self.cfg["data.eval_resize_ratio"])
+        batch = min(bs, 256)
         metrics = {"final_train_loss": float(loss.item())}
-        for k, sc in scores.items():
-            correct = topk_correct(torch.cat(sc), labels, (1, 5))
-            metrics[f"{k}_top1"], metrics[f"{k}_top5"] = 100.0 * correct[1] / n, 100.0 * correct[5] / n
+        if holdout:
+            held = torch.utils.data.Subset(suite.split("train", eval_tf), holdout)
+            metrics.update(_score(head, read, held, batch, device, "linear: validation", suffix="_holdout"))
+        metrics.update(_score(head, read, suite.split("val", eval_tf), batch, device, "linear: val"))
         if state_fingerprint(method) != before:
             raise BackboneChanged("the linear probe changed the frozen backbone's weights or statistics")
         for q in method.parameters():
             q.requires_grad_(True)
         # The headline is the configured read-out's; with several layers, backbone.probe_layer's
-        # head if it is among them, else the best layer's.
+        # head if it is among them, else the best layer's. With a validation split (Revisiting),
+        # the layer the validation split ranks best, as that paper reports: the test set never
+        # picks it.
         if layers:
-            best = max(layers, key=lambda l: metrics[f"{l}_top1"])
+            rank = "_holdout_top1" if holdout else "_top1"
+            best = max(layers, key=lambda l: metrics[f"{l}{rank}"])
             metrics["best_layer"] = float(PROBE_LAYERS.index(best))  # an index: MLflow metrics are numbers
-            key = probe_layer if probe_layer in layers else best
-            metrics["top1"], metrics["top5"] = metrics[f"{key}_top1"], metrics[f"{key}_top5"]
+            key = best if holdout or probe_layer not in layers else probe_layer
         else:
-            metrics["top1"], metrics["top5"] = metrics.pop("probe_top1"), metrics.pop("probe_top5")
+            key = "probe"
+        for part in ("top1", "top5", "holdout_top1", "holdout_top5"):
+            if f"{key}_{part}" in metrics:
+                metrics[part] = metrics[f"{key}_{part}"]
+                if not layers:
+                    del metrics[f"{key}_{part}"]
         return metrics
+
+
+def holdout_split(train, fraction: float, out_dir) -> tuple[list[int], list[int]]:
+    """(indices the probe trains on, indices of the validation split): ``fraction`` of the
+    train split drawn with a fixed seed, its file list written to ``out_dir/holdout.txt``."""
+    n = len(train.samples)
+    if not 0 <= fraction < 1:
+        raise UsageError(f"eval.linear.holdout={fraction}: expected a fraction in [0, 1)")
+    if fraction == 0:
+        return list(range(n)), []
+    k = max(1, int(round(n * fraction)))
+    g = torch.Generator().manual_seed(HOLDOUT_SEED)
+    held = sorted(torch.randperm(n, generator=g)[:k].tolist())
+    keep = set(held)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(train.root)
+    (out / "holdout.txt").write_text("".join(f"{Path(train.samples[i][0]).relative_to(root)}\n" for i in held))
+    return [i for i in range(n) if i not in keep], held
+
+
+def _score(head, read, dataset, batch: int, device, desc: str, suffix: str = "") -> dict[str, float]:
+    """Top-1/top-5 of every head on ``dataset``, keys ``<head><suffix>_top1`` / ``_top5``."""
+    scores, labels = {k: [] for k in head}, []
+    with torch.no_grad():
+        for x, y in progress(DataLoader(dataset, batch_size=batch), desc=desc, unit="batch", leave=False):
+            for k, f in read(x.to(device)).items():
+                scores[k].append(head[k](f.float()).cpu())
+            labels.append(torch.as_tensor(y))
+    labels = torch.cat(labels)
+    n = len(labels)
+    out = {}
+    for k, sc in scores.items():
+        correct = topk_correct(torch.cat(sc), labels, (1, 5))
+        out[f"{k}{suffix}_top1"], out[f"{k}{suffix}_top5"] = 100.0 * correct[1] / n, 100.0 * correct[5] / n
+    return out

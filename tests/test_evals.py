@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from evals.knn import knn_predict
 from evals.linear import BackboneChanged, LinearProbe, state_fingerprint
+from methods.base import PROBE_LAYERS
 
 
 def brute_force_knn(tr, ytr, te, k, T, C):
@@ -236,6 +239,7 @@ def test_revisiting_preset_and_its_max_pooling(tiny_probe_setup, tmp_path):
     # REFERENCE.md: 70 epochs on (max-pooled) frozen features; the public config: batch 512,
     # lr 0.1 per 256, decay at 30 and 50.
     assert (v["epochs"], v["pooling"], v["batch_size"], v["lr"], v["milestones"]) == (70, "max9000", 512, 0.1, [30, 50])
+    assert round(v["holdout"] * 1_281_167) == 50_046  # their validation split: 50,046 train images
     maps = torch.randn(2, 256, 16, 16)
     pooled = pool_maps(maps, "max9000")
     assert pooled.shape == (2, 256 * 5 * 5) and pooled.shape[1] <= 9000  # 5 = isqrt(9000 // 256)
@@ -249,3 +253,32 @@ def test_revisiting_preset_and_its_max_pooling(tiny_probe_setup, tmp_path):
         "backbone.probe_layer": "block2"}))[0]
     m = LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)
     assert 0 <= m["top1"] <= m["top5"] <= 100
+
+
+def test_revisiting_validation_split_picks_the_layer_and_never_trains_on_it(tiny_probe_setup, tmp_path):
+    from harness.pipeline import RunRequest, build_config
+
+    _, method, suite = tiny_probe_setup
+    cfg = build_config(RunRequest(method="rotation", overrides={
+        "eval.linear.preset": "revisiting", "eval.linear.epochs": 1, "eval.linear.batch_size": 16,
+        "eval.linear.holdout": 0.25, "eval.linear.layers": ["block1", "block2", "pre_logits"]}))[0]
+    seen = []
+    plain = method.represent_layers
+    method.represent_layers = lambda x, *a: seen.append(x.clone()) or plain(x, *a)
+    m = LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)
+    train = suite.split("train")
+    held = (tmp_path / "holdout.txt").read_text().split()
+    assert len(held) == 16 and len(set(held)) == 16  # a quarter of the 64 train images
+    assert all((Path(train.root) / rel).is_file() for rel in held)
+    # The same images for every run: the split's seed is fixed, not the run's.
+    from evals.linear import holdout_split
+
+    fit, hold = holdout_split(train, 0.25, tmp_path / "again")
+    assert (tmp_path / "again" / "holdout.txt").read_text().split() == held
+    assert not set(fit) & set(hold) and len(fit) + len(hold) == 64
+    # Training saw 48 images (3 steps of 16); the held-out 16 and the 359 val images were only scored.
+    assert sum(len(x) for x in seen) == 2 + 48 + 16 + 359
+    layers = ["block1", "block2", "pre_logits"]
+    best = max(layers, key=lambda l: m[f"{l}_holdout_top1"])
+    assert m["best_layer"] == float(PROBE_LAYERS.index(best))
+    assert (m["top1"], m["holdout_top1"]) == (m[f"{best}_top1"], m[f"{best}_holdout_top1"])
