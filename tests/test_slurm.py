@@ -185,3 +185,25 @@ def test_waiting_on_a_cancelled_run_is_an_error_not_a_hang(slurm, tmp_path, caps
     status = capsys.readouterr().out
     pretrain_line = next(line for line in status.splitlines() if line.startswith(rows[0]["job_id"] + " "))
     assert "CANCELLED" in pretrain_line or "ENDED" in pretrain_line
+
+
+def test_arch_study_runs_as_one_job_array_and_reports(slurm, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    jobs_dir = tmp_path / "jobs"
+    assert main(["study", "arch", "--methods", "rotation,simclr", "--backbones", "resnet_small,revnet50",
+                 "--widths", "1", "--seeds", "1", "--eval", "linear", "--launcher", "slurm", "--cpus-per-task", "1", "--time", "30",
+                 "--tracking-uri", uri, "--jobs-dir", str(jobs_dir),
+                 "data.train_subset=64", "train.batch_size=32", "train.epochs=1", "train.warmup_epochs=0",
+                 "eval.linear.epochs=1", "eval.linear.milestones=[]"]) == 0
+    out = capsys.readouterr().out
+    rows = read_jobs(jobs_dir)
+    assert len(rows) == 4 and len({r["job_id"].split("_")[0] for r in rows}) == 1  # one sbatch
+    assert "waiting for 4 jobs" in out
+    (report,) = (tmp_path / "runs" / "studies").glob("*/report.html")
+    html = report.read_text()
+    assert "Kendall" in html and "simclr" in html and "revnet50" in html
+    parents = _runs(uri, "pretrain")
+    assert {r.data.tags["harness.slurm_job_id"] for r in parents} == {r["job_id"] for r in rows}
+    (study,) = _runs(uri, "study")
+    assert {r.data.tags["harness.study_id"] for r in parents} == {study.data.tags["harness.study_id"]}
