@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from harness import registry
-from harness.errors import UsageError
+from harness.errors import RunsFailed, UsageError
 
 DEFAULT_JOBS_DIR = Path("runs") / "jobs"
 
@@ -212,7 +212,7 @@ def cmd_sweep(args, argv: list[str]) -> int:
     import itertools
 
     from harness.config import parse_override
-    from harness.launch import submit_sweep, wait
+    from harness.launch import submit_sweep, wait_all
     from harness.pipeline import RunRequest
 
     overrides = dict(parse_override(o) for o in args.overrides)
@@ -224,9 +224,12 @@ def cmd_sweep(args, argv: list[str]) -> int:
             extra["backbone.width"] = int(width) if float(width).is_integer() else width
         reqs.append(RunRequest(method=method, suite=args.suite, backbone=backbone, evals=args.evals, seed=seed,
                                epochs=args.epochs, tracking_uri=args.tracking_uri, overrides=extra, argv=argv))
-    sweep_id, jobs, _ = submit_sweep(reqs, _launch_options(args))
+    sweep_id, jobs, prepared = submit_sweep(reqs, _launch_options(args))
     if jobs and (args.wait or args.launcher == "local"):
-        wait(jobs)
+        outcomes = wait_all(jobs)
+        failed = [(str(r.output_dir), why) for r, (ok, why) in zip(prepared, outcomes) if not ok]
+        if failed:
+            raise RunsFailed(failed, len(jobs))
         print(f"[harness] sweep {sweep_id}: {len(jobs)} runs finished")
     return 0
 
@@ -319,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2
+    except RunsFailed as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("harness: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -6,3 +6,15 @@ class UsageError(Exception):
 
     The message must name what is wrong and what is expected, on one line.
     """
+
+
+class RunsFailed(Exception):
+    """Some runs of a sweep or study failed after every other run finished. The CLI prints
+    the one-line summary and exits with code 1: the failures are the runs', not the input's."""
+
+    def __init__(self, failed: list[tuple[str, str]], total: int, what: str = "sweep", prepared=None):
+        self.failed, self.total, self.prepared = failed, total, prepared
+        first_dir, first_err = failed[0]
+        super().__init__(f"{len(failed)} of {total} runs of the {what} failed, the others finished "
+                         f"(first: {first_dir}: {first_err}); re-run the same command to retry them "
+                         f"(finished runs are reused)")

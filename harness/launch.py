@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import UsageError
+from harness.errors import RunsFailed, UsageError
 from harness.pipeline import RunRequest, build_config, default_output_dir, execute
 
 LAUNCHERS = ("inprocess", "local", "slurm")
@@ -281,8 +281,18 @@ def submit_sweep(reqs: list[RunRequest], opts: LaunchOptions, log=print,
         raise UsageError("two runs of the sweep resolve to the same output directory; vary seeds, methods or backbones")
     log(f"[harness] sweep {sweep_id}: {len(prepared)} runs")
     if opts.launcher == "inprocess":
-        for r in prepared:
-            execute(r)
+        failed = []
+        for i, r in enumerate(prepared, start=1):
+            # One run's failure must not cost the rest of the grid: go on, report at the end.
+            try:
+                execute(r)
+            except Exception as e:  # noqa: BLE001 - any run error; KeyboardInterrupt still stops
+                last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                log(f"[harness] run {i}/{len(prepared)} failed ({r.output_dir}): {type(e).__name__}: {last}; "
+                    f"going on with the others")
+                failed.append((str(r.output_dir), f"{type(e).__name__}: {last}"))
+        if failed:
+            raise RunsFailed(failed, len(prepared), prepared=prepared)
         return sweep_id, [], prepared
     folder = opts.jobs_dir.resolve()
     with _Snapshot(opts, folder, log):
@@ -335,27 +345,40 @@ def _gone(job) -> bool:
 def wait(jobs, poll_s: float = 2.0, log=print, grace_polls: int = 5) -> list:
     """Block until every job has written its result; the results in order. A failed job, or
     one that ended without a result, is an error naming its log."""
+    outcomes = wait_all(jobs, poll_s, grace_polls)
+    for job, (ok, value) in zip(jobs, outcomes):
+        if not ok:
+            raise UsageError(f"job {job.job_id} {value}")
+    return [value for _, value in outcomes]
+
+
+def wait_all(jobs, poll_s: float = 2.0, grace_polls: int = 5) -> list[tuple[bool, object]]:
+    """Block until every job has ended; per job (True, result) or (False, why, naming its
+    log). A failed job does not stop the wait for the others."""
     pending = list(jobs)
     gone = {str(j.job_id): 0 for j in pending}
-    while True:
-        results = [_result(str(j.paths.folder), str(j.job_id)) for j in pending]
-        if all(r is not None for r in results):
-            break
-        for job, res in zip(pending, results):
-            if res is None:
-                # Several polls in a row, so a job between exit and result file is not misread.
-                gone[str(job.job_id)] = gone[str(job.job_id)] + 1 if _gone(job) else 0
-                if gone[str(job.job_id)] >= grace_polls:
-                    raise UsageError(f"job {job.job_id} ended without a result (cancelled, killed, or its "
-                                     f"dependency failed); log: {job.paths.stderr}")
-        time.sleep(poll_s)
-    out = []
-    for job, (outcome, value) in zip(pending, results):
-        if outcome != "success":
-            last = str(value).strip().splitlines()[-1] if str(value).strip() else "unknown error"
-            raise UsageError(f"job {job.job_id} failed: {last} (log: {job.paths.stderr})")
-        out.append(value)
-    return out
+    ended: dict[int, tuple[bool, object]] = {}
+    while len(ended) < len(pending):
+        for i, job in enumerate(pending):
+            if i in ended:
+                continue
+            res = _result(str(job.paths.folder), str(job.job_id))
+            if res is not None:
+                outcome, value = res
+                if outcome == "success":
+                    ended[i] = (True, value)
+                else:
+                    last = str(value).strip().splitlines()[-1] if str(value).strip() else "unknown error"
+                    ended[i] = (False, f"failed: {last} (log: {job.paths.stderr})")
+                continue
+            # Several polls in a row, so a job between exit and result file is not misread.
+            gone[str(job.job_id)] = gone[str(job.job_id)] + 1 if _gone(job) else 0
+            if gone[str(job.job_id)] >= grace_polls:
+                ended[i] = (False, f"ended without a result (cancelled, killed, or its dependency failed); "
+                                   f"log: {job.paths.stderr}")
+        if len(ended) < len(pending):
+            time.sleep(poll_s)
+    return [ended[i] for i in range(len(pending))]
 
 
 def _squeue_states(job_ids: list[str]) -> dict[str, str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import UsageError
-from harness.launch import LaunchOptions, new_id, submit_sweep, wait
+from harness.errors import RunsFailed, UsageError
+from harness.launch import LaunchOptions, new_id, submit_sweep, wait_all
 from harness.pipeline import RunRequest, rerun_args
 
 
@@ -33,17 +33,18 @@ def grid(methods, backbones, widths, seeds, *, suite, evals, epochs, overrides, 
     return reqs
 
 
-def collect(reqs: list[RunRequest], eval_name: str, metric: str) -> pd.DataFrame:
-    rows = []
+def collect(reqs: list[RunRequest], eval_name: str, metric: str) -> tuple[pd.DataFrame, list[RunRequest]]:
+    """The finished runs' scores, and the runs without an ``eval_name`` result."""
+    rows, missing = [], []
     for r in reqs:
         path = Path(r.output_dir) / "results.json"
         results = json.loads(path.read_text())["results"] if path.exists() else {}
         if eval_name not in results:
-            raise UsageError(f"run {r.output_dir} has no {eval_name} result; re-run the study to finish it "
-                             f"(finished runs are reused)")
+            missing.append(r)
+            continue
         rows.append({"method": r.method, "backbone": r.backbone, "width": r.tags["harness.study_width"],
                      "seed": r.seed, "score": float(results[eval_name][metric])})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["method", "backbone", "width", "seed", "score"]), missing
 
 
 def run_arch_study(methods, backbones, widths, seeds, *, suite="digits", evals="linear", epochs=None, overrides=None,
@@ -62,11 +63,21 @@ def run_arch_study(methods, backbones, widths, seeds, *, suite="digits", evals="
                 tracking_uri=tracking_uri, study_id=study_id, argv=argv)
     log(f"[harness] study {study_id}: {len(methods)} methods x {len(backbones)} architectures x {len(widths)} widths "
         f"x {len(seeds)} seeds = {len(reqs)} runs ({opts.launcher})")
-    _, jobs, prepared = submit_sweep(reqs, opts, log=log, sweep_id=study_id)
+    # A failed run leaves a hole in the table, not a lost study: the report is written from
+    # the runs that finished, then the failures are the command's error.
+    failed = []
+    try:
+        _, jobs, prepared = submit_sweep(reqs, opts, log=log, sweep_id=study_id)
+    except RunsFailed as e:
+        jobs, prepared, failed = [], e.prepared, e.failed
     if jobs:
         log(f"[harness] waiting for {len(jobs)} jobs (harness status --sweep {study_id})")
-        wait(jobs)
-    runs = collect(prepared, eval_name, metric)
+        failed = [(str(r.output_dir), why) for r, (ok, why) in zip(prepared, wait_all(jobs)) if not ok]
+    runs, missing = collect(prepared, eval_name, metric)
+    failed += [(str(r.output_dir), f"no {eval_name} result") for r in missing
+               if str(r.output_dir) not in {d for d, _ in failed}]
+    if runs.empty:
+        raise RunsFailed(failed, len(prepared), "study")
     out_dir = Path(out_dir or Path("runs") / "studies" / study_id).resolve()
     commands = [" ".join(["harness", *rerun_args(r, _cfg(r), Path(r.output_dir), [eval_name])]) for r in prepared[:3]]
     paths = write_report(runs, out_dir, study_id=study_id, metric=f"{eval_name} {metric}", suite=suite,
@@ -81,6 +92,8 @@ def run_arch_study(methods, backbones, widths, seeds, *, suite="digits", evals="
         tracker.log_artifact(run_id, path)
     tracker.finish(run_id)
     log(f"[harness] study report: {paths['report']} (MLflow run {run_id}; published by `harness leaderboard build`)")
+    if failed:
+        raise RunsFailed(failed, len(prepared), "study (the report shows the rest)")
     return paths["report"]
 
 

@@ -88,3 +88,34 @@ def test_arch_study_end_to_end_and_on_the_leaderboard(tmp_path, monkeypatch, cap
 def test_study_needs_one_eval_to_compare(capsys):
     assert main(["study", "arch", "--methods", "rotation", "--backbones", "resnet_small", "--eval", "all"]) == 2
     assert "name the eval whose metric the study compares" in capsys.readouterr().err
+
+
+def test_a_failed_run_leaves_a_hole_not_a_lost_study(tmp_path, monkeypatch, capsys):
+    import harness.launch
+
+    monkeypatch.chdir(tmp_path)
+    real = harness.launch.execute
+    ran = []
+
+    def execute(req):
+        ran.append((req.method, req.backbone))
+        if (req.method, req.backbone) == ("simclr", "revnet50"):
+            raise RuntimeError("loss is NaN at step 3")
+        return real(req)
+
+    monkeypatch.setattr(harness.launch, "execute", execute)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["study", "arch", "--methods", "simclr,rotation", "--backbones", "revnet50,resnet_small",
+                 "--widths", "1", "--seeds", "1", "--eval", "linear", "--tracking-uri", uri,
+                 "data.train_subset=64", "train.batch_size=32", "train.epochs=1", "train.warmup_epochs=0",
+                 "eval.linear.epochs=1", "eval.linear.milestones=[]"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert len(ran) == 4  # the grid went on after the failure
+    assert "run 1/4 failed" in captured.out and "going on with the others" in captured.out
+    (err,) = [line for line in captured.err.splitlines() if line.startswith("harness: error:")]  # progress bars aside
+    assert "1 of 4 runs of the study" in err and "loss is NaN at step 3" in err
+    (study_dir,) = (tmp_path / "runs" / "studies").iterdir()
+    runs = pd.read_csv(study_dir / "runs.csv")
+    assert len(runs) == 3 and ("simclr", "revnet50") not in set(zip(runs.method, runs.backbone))
+    assert "Kendall" in (study_dir / "report.html").read_text()
