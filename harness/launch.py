@@ -263,6 +263,12 @@ def submit_run(req: RunRequest, opts: LaunchOptions, log=print) -> list:
     return [job for job, _ in jobs]
 
 
+def _last_line(error, default: str) -> str:
+    """The last line of an error's text (a traceback's is the exception itself)."""
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else default
+
+
 def new_id() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
@@ -287,7 +293,7 @@ def submit_sweep(reqs: list[RunRequest], opts: LaunchOptions, log=print,
             try:
                 execute(r)
             except Exception as e:  # noqa: BLE001 - any run error; KeyboardInterrupt still stops
-                last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                last = _last_line(e, type(e).__name__)
                 log(f"[harness] run {i}/{len(prepared)} failed ({r.output_dir}): {type(e).__name__}: {last}; "
                     f"going on with the others")
                 failed.append((str(r.output_dir), f"{type(e).__name__}: {last}"))
@@ -368,7 +374,7 @@ def wait_all(jobs, poll_s: float = 2.0, grace_polls: int = 5) -> list[tuple[bool
                 if outcome == "success":
                     ended[i] = (True, value)
                 else:
-                    last = str(value).strip().splitlines()[-1] if str(value).strip() else "unknown error"
+                    last = _last_line(value, "unknown error")
                     ended[i] = (False, f"failed: {last} (log: {job.paths.stderr})")
                 continue
             # Several polls in a row, so a job between exit and result file is not misread.
