@@ -116,7 +116,8 @@ def main() -> None:
             if "error" in row:
                 print(f"FAILED {row['run']}: {row['error']}", flush=True)
             else:
-                print(f"knn {row['knn']:5.1f} linear {row['linear']:5.1f} loss {row['final_loss']:.3f} "
+                loss = "  n/a" if row["final_loss"] is None else f"{row['final_loss']:.3f}"  # --epochs 0
+                print(f"knn {row['knn']:5.1f} linear {row['linear']:5.1f} loss {loss} "
                       f"{row['wall_s']:4.0f} s  {row['run']}", flush=True)
     print("\n| run | kNN top-1 | linear top-1 | wall |\n| --- | --- | --- | --- |")
     for row in sorted((r for r in rows if "error" not in r), key=lambda r: (r["method"], -r["knn"])):
