@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from harness import registry
-from harness.errors import RunsFailed, UsageError
+from harness.errors import RunFailed, RunsFailed, UsageError
 
 DEFAULT_JOBS_DIR = Path("runs") / "jobs"
 
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2
-    except RunsFailed as e:
+    except RunFailed as e:  # RunsFailed too
         print(f"harness: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+"""User-facing errors: the CLI prints them as one line and exits with code 2 (bad input) or
+1 (a run or job that failed)."""
 
 
 class UsageError(Exception):
@@ -8,9 +9,14 @@ class UsageError(Exception):
     """
 
 
-class RunsFailed(Exception):
+class RunFailed(Exception):
+    """A launched job failed or ended without a result: the run's failure, not the input's, so
+    the CLI exits with code 1. The message names the job and its log."""
+
+
+class RunsFailed(RunFailed):
     """Some runs of a sweep or study failed after every other run finished. The CLI prints
-    the one-line summary and exits with code 1: the failures are the runs', not the input's."""
+    the one-line summary and exits with code 1."""
 
     def __init__(self, failed: list[tuple[str, str]], total: int, what: str = "sweep", prepared=None):
         self.failed, self.total, self.prepared = failed, total, prepared

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import RunsFailed, UsageError
+from harness.errors import RunFailed, RunsFailed, UsageError
 from harness.pipeline import RunRequest, build_config, default_output_dir, execute
 
 LAUNCHERS = ("inprocess", "local", "slurm")
@@ -350,11 +350,11 @@ def _gone(job) -> bool:
 
 def wait(jobs, poll_s: float = 2.0, log=print, grace_polls: int = 5) -> list:
     """Block until every job has written its result; the results in order. A failed job, or
-    one that ended without a result, is an error naming its log."""
+    one that ended without a result, is a RunFailed naming its log."""
     outcomes = wait_all(jobs, poll_s, grace_polls)
     for job, (ok, value) in zip(jobs, outcomes):
         if not ok:
-            raise UsageError(f"job {job.job_id} {value}")
+            raise RunFailed(f"job {job.job_id} {value}")
     return [value for _, value in outcomes]
 
 

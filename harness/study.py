@@ -74,8 +74,8 @@ def run_arch_study(methods, backbones, widths, seeds, *, suite="digits", evals="
         log(f"[harness] waiting for {len(jobs)} jobs (harness status --sweep {study_id})")
         failed = [(str(r.output_dir), why) for r, (ok, why) in zip(prepared, wait_all(jobs)) if not ok]
     runs, missing = collect(prepared, eval_name, metric)
-    failed += [(str(r.output_dir), f"no {eval_name} result") for r in missing
-               if str(r.output_dir) not in {d for d, _ in failed}]
+    known = {d for d, _ in failed}
+    failed += [(str(r.output_dir), f"no {eval_name} result") for r in missing if str(r.output_dir) not in known]
     if runs.empty:
         raise RunsFailed(failed, len(prepared), "study")
     out_dir = Path(out_dir or Path("runs") / "studies" / study_id).resolve()

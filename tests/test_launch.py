@@ -169,3 +169,19 @@ def test_launch_config_typo_is_a_one_line_error(tmp_path, capsys):
     conf.write_text("partiton: gpu\n")
     assert main(["run", "--method", "rotation", "--launcher", "slurm", "--launch-config", str(conf)]) == 2
     assert "unknown option 'partiton' (did you mean partition?)" in capsys.readouterr().err
+
+
+def test_a_failed_job_is_exit_1_not_a_usage_error(capsys, tmp_path, monkeypatch):
+    """A job that fails is the run's failure (exit 1); exit 2 is kept for bad input."""
+    import harness.launch
+
+    class Job:
+        job_id = "7"
+
+    monkeypatch.setattr(harness.launch, "submit_run", lambda req, opts: [Job()])
+    monkeypatch.setattr(harness.launch, "wait_all",
+                        lambda jobs, *a: [(False, "failed: loss is NaN at step 3 (log: 7_0_log.err)")])
+    code = main(["run", "--method", "rotation", "--launcher", "local", "--output-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err == "harness: error: job 7 failed: loss is NaN at step 3 (log: 7_0_log.err)"

@@ -174,11 +174,11 @@ def test_waiting_on_a_cancelled_run_is_an_error_not_a_hang(slurm, tmp_path, caps
     subprocess.run(["scancel", rows[0]["job_id"]], check=True)  # the pretraining; the eval now waits forever
 
     from harness.launch import wait
-    from harness.errors import UsageError
+    from harness.errors import RunFailed
     from submitit import SlurmJob
 
     started = time.time()
-    with pytest.raises(UsageError, match="ended without a result"):
+    with pytest.raises(RunFailed, match="ended without a result"):
         wait([SlurmJob(folder=str(jobs_dir.resolve() / "%j"), job_id=r["job_id"]) for r in rows], poll_s=0.5)
     assert time.time() - started < 120
     assert main(["status", "--jobs-dir", str(jobs_dir)]) == 0
