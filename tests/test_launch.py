@@ -16,9 +16,12 @@ from harness.trainer import CheckpointHook, HookBase, MetricsHook, Trainer
 from tests.conftest import TINY
 
 # Rotation on a layer-norm ResNet: a per-sample loss with no batch-statistics coupling, so
-# W processes on slices of the global batch must follow the one-process trajectory.
+# W processes on slices of the global batch must follow the one-process trajectory. 4 steps
+# (64 images, batch 32, 2 epochs): float32 summation-order differences start at ~3e-8 after one
+# step and grow about 2-5x per step (measured on an AMD EPYC: 1e-6 after 4 steps, 1.5e-4 after
+# 12), so a short curve is what lets the tolerances below stay tight.
 NO_BN = ["--method", "rotation", "--eval", "knn", "backbone.norm=layer", "train.epochs=2", "train.log_every=1",
-         *TINY]
+         *TINY, "data.train_subset=64"]
 
 
 def _tags(uri: str, out_dir) -> dict:
@@ -37,16 +40,16 @@ def test_local_ddp_two_processes_match_one_process(tmp_path, capsys):
                  "--tasks-per-node", "2", "--jobs-dir", str(tmp_path / "jobs")]) == 0
     ref = json.loads((one / "results.json").read_text())["pretrain_loss"]
     got = json.loads((two / "results.json").read_text())["pretrain_loss"]
-    assert len(ref) == len(got) == 12
-    # The logged loss is the mean over processes = the loss of the global batch. Equal up to
-    # float32 summation order (per-process partial sums, then the all-reduce): ~1e-7 per
-    # step, grown to ~1e-5 over 12 SGD steps.
+    assert len(ref) == len(got) == 4
+    # The logged loss is the mean over processes = the loss of the global batch. Measured
+    # differences: ~6e-7 on the loss and ~1e-6 on the weights; a wrong gradient average would
+    # be off by a whole update (~1e-3) from the second step on.
     diff = (torch.tensor(got) - torch.tensor(ref)).abs().max().item()
-    assert diff < 1e-4, (diff, got, ref)
+    assert diff < 1e-5, (diff, got, ref)
     w1 = checkpoint.load(one / "pretrain" / "method.pt")["method"]
     w2 = checkpoint.load(two / "pretrain" / "method.pt")["method"]
     for k in w1:
-        assert torch.allclose(w1[k].double(), w2[k].double(), rtol=1e-3, atol=1e-4), k
+        assert torch.allclose(w1[k].double(), w2[k].double(), rtol=0, atol=2e-5), k
     tags = _tags(uri, two)
     assert tags["harness.world_size"] == "2" and tags["harness.per_process_batch"] == "16"
     assert tags["harness.global_batch"] == "32" and tags["harness.launcher"] == "local"

@@ -13,18 +13,34 @@ from harness.seeding import seed_everything
 from harness.trainer import Trainer
 
 
+# Methods whose recipe does not move the loss beyond step-to-step noise within 16 steps: at
+# their profile settings the first-4 vs last-4 comparison went either way across seeds 0-4
+# (and across CPUs), so they get a setting where the fall is real, checked on seeds 0-4.
+SHORT_RUN = {
+    # lr 0.05: the cosine similarity stays within 0.04 of zero; at 0.5 it reaches 0.17-0.40.
+    "simsiam": {"train.lr": 0.5},
+    # 100 permutations stay at chance (ln 100) for 16 steps; 10 fall below ln 10 in 32.
+    "jigsaw": {"method.permutations": 10, "train.epochs": 16},
+    # 8-way position: 48 steps take it from ~2.2 to 2.07-2.15 on every seed.
+    "relative_patch": {"train.epochs": 24, "train.lr": 0.1},
+    # The teacher-temperature warm-up sharpens the targets while the student learns, which
+    # can raise the loss early; without it and at lr 5e-3 it falls by 0.13-0.30.
+    "dino": {"train.lr": 0.005, "method.warmup_teacher_temp_epochs": 0, "train.epochs": 16},
+}
+
+
 @pytest.mark.parametrize("method", method_params(trainable_only=True))
 def test_few_steps_finite_and_decreasing(method, tmp_path):
-    # 32 images, batch 16, 8 epochs: 16 steps on the same small set, so the loss must fall.
-    cfg = build_config(RunRequest(method=method, overrides={"train.batch_size": 16, "train.epochs": 8,
-                                                            "train.warmup_epochs": 0}))[0]
+    # 32 images, batch 16: 2 steps per epoch on the same small set, so the loss must fall.
+    overrides = {"train.batch_size": 16, "train.epochs": 8, "train.warmup_epochs": 0, **SHORT_RUN.get(method, {})}
+    cfg = build_config(RunRequest(method=method, overrides=overrides))[0]
     seed_everything(0)
     m = registry.methods.get(method)(cfg)
     suite = DigitsSuite(image_size=cfg["data.image_size"])
     suite.train_subset = 32
     data = SeededTransformDataset(suite.split("train"), m.train_transform(), seed=0, with_index=m.needs_index)
     history = Trainer(m, data, cfg.section("train"), 0, tmp_path, torch.device("cpu")).fit()
-    assert len(history) == 16 and all(math.isfinite(x) for x in history)
+    assert len(history) == 2 * overrides["train.epochs"] and all(math.isfinite(x) for x in history)
     first, last = sum(history[:4]) / 4, sum(history[-4:]) / 4
     assert last < first, f"{method}: loss went from {first:.4f} to {last:.4f}"
 
