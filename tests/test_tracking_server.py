@@ -32,8 +32,7 @@ class MlflowServer:
 
     def start(self) -> "MlflowServer":
         mlflow = Path(sys.executable).parent / "mlflow"
-        # Two workers, not mlflow's default four: on a 2-core machine each start is ~9 s faster
-        # and the eight-run test below still finds the server contended.
+        # Two workers, not mlflow's default four: on a 2-core machine a start takes ~13 s, not ~22 s.
         self.proc = subprocess.Popen(
             [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "2",
              "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
