@@ -87,8 +87,8 @@ def test_three_seed_sweep_is_one_job_array(slurm, tmp_path, capsys, monkeypatch)
     monkeypatch.chdir(tmp_path)  # the runs' default output directories go under ./runs
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     jobs_dir = tmp_path / "jobs"
-    assert main(["sweep", "--methods", "rotation", "--seeds", "0,1,2", "--eval", "knn", "--launcher", "slurm",
-                 "--cpus-per-task", "1", "--time", "30", "--wait", "--tracking-uri", uri, "--jobs-dir", str(jobs_dir),
+    assert main(["sweep", "--methods", "rotation", "--seeds", "0,1,2", "--epochs", "1", "--eval", "knn",
+                 "--launcher", "slurm", "--cpus-per-task", "1", "--time", "30", "--wait", "--tracking-uri", uri, "--jobs-dir", str(jobs_dir),
                  *TINY]) == 0
     rows = read_jobs(jobs_dir)
     assert len(rows) == 3
