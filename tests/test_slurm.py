@@ -88,8 +88,8 @@ def test_three_seed_sweep_is_one_job_array(slurm, tmp_path, capsys, monkeypatch)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     jobs_dir = tmp_path / "jobs"
     assert main(["sweep", "--methods", "rotation", "--seeds", "0,1,2", "--epochs", "1", "--eval", "knn",
-                 "--launcher", "slurm", "--cpus-per-task", "1", "--time", "30", "--wait", "--tracking-uri", uri, "--jobs-dir", str(jobs_dir),
-                 *TINY]) == 0
+                 "--launcher", "slurm", "--cpus-per-task", "1", "--time", "30", "--wait", "--tracking-uri", uri,
+                 "--jobs-dir", str(jobs_dir), *TINY]) == 0
     rows = read_jobs(jobs_dir)
     assert len(rows) == 3
     arrays = {r["job_id"].split("_")[0] for r in rows}
