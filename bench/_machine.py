@@ -4,14 +4,13 @@ import platform
 
 import torch
 
+from harness.provenance import cpu_model
+
 
 def machine_info() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    # The kernel set matters for comparing numbers, not only speed: the same seed follows a
+    # different floating-point path on AVX2 and AVX-512 machines.
+    cpu = f"{cpu_model()}, torch CPU kernels {torch.backends.cpu.get_cpu_capability()}"
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, GPU: {gpu}, "

@@ -26,7 +26,11 @@ def main() -> None:
         if r.returncode != 0:
             sys.exit(f"run failed:\n{r.stderr[-3000:]}")
         res = json.loads((Path(tmp) / "demo" / "results.json").read_text())["results"]
+    from harness.data.digits import DigitsSuite
+
     print(f"machine: {machine_info()}")
+    # With the machine, the data's hash tells whether a different number came from the data.
+    print(f"digits suite content hash: {DigitsSuite(root=None, image_size=32).content_hash()[:16]}")
     print(f"harness run --method cpc_v2 --eval all: {wall:.0f} s wall")
     for name, m in res.items():
         print(f"  {name}: top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%")

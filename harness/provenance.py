@@ -37,10 +37,33 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU as /proc/cpuinfo names it, with family/model/stepping where the name is generic
+    (cloud CPUs often report just "AMD EPYC")."""
+    try:
+        fields = {}
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']} model {fields.get('model', '?')} stepping {fields.get('stepping', '?')})"
+    return name
+
+
 def device_description(device: torch.device) -> str:
+    """The device, precisely enough to tell whether two runs took the same floating-point path:
+    the same seed is bit-identical only on the same CPU kernels (torch picks AVX2 or AVX-512 at
+    run time) and thread count; across them, small differences grow over training."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.machine()}:{torch.get_num_threads()} threads"
+    return (f"cpu:{platform.machine()}:{cpu_model()}:{torch.backends.cpu.get_cpu_capability()}:"
+            f"{torch.get_num_threads()} threads")
 
 
 def code_dir() -> str:
