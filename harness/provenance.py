@@ -52,7 +52,8 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
     name = fields.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in fields:
-        name += f" (family {fields['cpu family']} model {fields.get('model', '?')} stepping {fields.get('stepping', '?')})"
+        name += (f" (family {fields['cpu family']} model {fields.get('model', '?')}"
+                 f" stepping {fields.get('stepping', '?')})")
     return name
 
 

@@ -60,7 +60,8 @@ def test_run_produces_metrics_tracking_and_artifacts(reference_run):
         assert tags.get(key), key
     assert tags["harness.command"].startswith("harness run --method cpc_v2")
     # The device names the CPU kernels and threads: the same seed is bit-identical only on the same.
-    assert tags["harness.device"].endswith(f":{torch.backends.cpu.get_cpu_capability()}:{torch.get_num_threads()} threads")
+    kernels, threads = torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()
+    assert tags["harness.device"].endswith(f":{kernels}:{threads} threads")
     assert "data.train_subset=192" in tags["harness.command"]
     assert tags["harness.invocation"].startswith("harness run --method cpc_v2 --epochs 1 --output-dir")
     assert len(client.get_metric_history(parent.info.run_id, "train/loss")) == 6
