@@ -103,18 +103,32 @@ def build_optimizer(params, train: dict) -> torch.optim.Optimizer:
     raise UsageError(f"train.optimizer={name!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, base_lr: float | None = None) -> None:
+    """The scheduled ``lr`` on every group, except groups marked ``fixed_lr``, which stay at
+    ``base_lr`` (``train.lr``) for the whole run, as SimSiam's ``--fix-pred-lr`` does."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        current = base_lr if group.get("fixed_lr") and base_lr is not None else lr
+        group["lr"] = current * group.get("lr_scale", 1.0)
 
 
-def param_groups_no_decay(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Biases and norm parameters are excluded from weight decay (common SSL practice)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def param_groups_no_decay(model: nn.Module, weight_decay: float, fixed_lr=()) -> list[dict]:
+    """Biases and norm parameters are excluded from weight decay (common SSL practice).
+
+    Parameters in ``fixed_lr`` go into their own groups, marked so that ``set_lr`` keeps them
+    at the base learning rate instead of the schedule.
+    """
+    fixed_ids = {id(p) for p in fixed_lr}
+    groups = []
+    for fixed in (False, True):
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad and (id(p) in fixed_ids) == fixed:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        if fixed and not decay and not no_decay:
+            continue
+        extra = {"fixed_lr": True} if fixed else {}
+        groups += [
+            {"params": decay, "weight_decay": weight_decay, **extra},
+            {"params": no_decay, "weight_decay": 0.0, **extra},
+        ]
+    return groups

@@ -65,7 +65,10 @@ class Trainer:
         self.epochs = int(train["epochs"])
         self.total_steps = self.epochs * self.steps_per_epoch
         self.lr_schedule = lr_schedule(train, self.steps_per_epoch)
-        self.optimizer = build_optimizer(param_groups_no_decay(self.method, float(train["weight_decay"])), train)
+        self.base_lr = float(train["lr"])
+        self.optimizer = build_optimizer(
+            param_groups_no_decay(self.method, float(train["weight_decay"]), self.method.fixed_lr_parameters()), train
+        )
         self.use_amp = bool(train["amp"]) and device.type == "cuda"
         self.step = 0
         self.history: list[float] = []
@@ -158,7 +161,7 @@ class Trainer:
             for batch in self._loader(epoch, start):
                 for h in self.hooks:
                     h.before_step(self)
-                set_lr(self.optimizer, float(self.lr_schedule[self.step]))
+                set_lr(self.optimizer, float(self.lr_schedule[self.step]), self.base_lr)
                 batch = self._to_device(batch)
                 with self._autocast():
                     out = self.method.training_step(batch)

@@ -70,6 +70,11 @@ class Method(nn.Module):
         from its training data (e.g. colorization's bin prior). State it computes must live
         in buffers, so checkpoints carry it."""
 
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained at ``train.lr`` throughout, outside the warmup and decay (SimSiam's
+        predictor under ``--fix-pred-lr``). Read once, when the optimizer is built."""
+        return []
+
     def before_optimizer_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
         """After backward, before the optimizer step and gradient clipping: gradients a method
         holds back (SwAV's prototypes and DINO's last layer during the first epoch)."""

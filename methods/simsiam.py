@@ -1,11 +1,11 @@
 """SimSiam: a Siamese network whose predictor regresses the other view's projection under a
 stop-gradient, with neither negatives nor a momentum encoder (Chen & He, CVPR 2021).
 
-Not reproduced: the official code keeps the predictor's learning rate fixed (``--fix-pred-lr``;
-the paper, Sec. 4.2 / Table 1c: 68.1% vs 67.7% with a decayed one); the harness builds the
-optimizer's parameter groups itself and schedules every group alike, so here the
-predictor's lr decays with the rest. The official ResNet also zero-initialises the last BN of each residual block
-(``zero_init_residual=True``), which the harness backbone does not.
+The predictor's learning rate stays at ``train.lr`` while the rest warms up and decays
+(``method.fix_pred_lr``, the official command's ``--fix-pred-lr``; the paper, Sec. 4.2 /
+Table 1c: 68.1% vs 67.7% with a decayed one). Not reproduced: the official ResNet
+zero-initialises the last BN of each residual block (``zero_init_residual=True``), which the
+harness backbone does not.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class SimSiam(Method):
             "method.proj_dim": P(2048, f"{CHEN_HE}, Sec. 3: projection MLP, 2048-d layers"),
             "method.proj_layers": P(3, f"{CHEN_HE}, Sec. 3: 3 layers, BN on each incl. the output (no ReLU there)"),
             "method.pred_hidden": P(512, f"{CHEN_HE}, Sec. 3: prediction MLP bottleneck 512"),
+            "method.fix_pred_lr": P(True, f"{CODE} README, pre-training command: --fix-pred-lr ({CHEN_HE}, Table 1c)"),
             "method.aug.crop_scale": P([0.2, 1.0], f"{CODE} main_simsiam.py (MoCo v2's augmentation)"),
             "method.aug.flip": P(True, f"{CODE} main_simsiam.py"),
             "method.aug.jitter": P(0.4, f"{CODE} main_simsiam.py: ColorJitter(0.4, 0.4, 0.4, 0.1)"),
@@ -69,6 +70,9 @@ class SimSiam(Method):
         # BN(affine=False); its bias is frozen there and is a no-op here (BN removes it).
         self.projector = mlp([self.backbone.num_features] + [dim] * layers, last_norm="plain")
         self.predictor = mlp([dim, int(cfg["method.pred_hidden"]), dim])
+
+    def fixed_lr_parameters(self):
+        return list(self.predictor.parameters()) if bool(self.cfg["method.fix_pred_lr"]) else []
 
     def train_transform(self):
         return MultiView([augment_from_cfg(self.cfg, "method.view1"), augment_from_cfg(self.cfg, "method.view2")])

@@ -168,6 +168,36 @@ def test_simsiam_stop_gradient_on_the_target_branch():
     assert m.predictor[0].out_features == m.cfg["method.pred_hidden"]
 
 
+@pytest.mark.parametrize("fixed", [True, False])
+def test_simsiam_predictor_lr_stays_at_train_lr_while_the_rest_follows_the_schedule(fixed, tmp_path):
+    from harness.data.digits import DigitsSuite
+    from harness.data.loading import SeededTransformDataset
+    from harness.trainer import HookBase, Trainer
+
+    m = make("simsiam", **{"train.epochs": 3, "train.warmup_epochs": 1, "method.fix_pred_lr": fixed})
+    suite = DigitsSuite(image_size=m.cfg["data.image_size"])
+    suite.train_subset = 2 * B
+    data = SeededTransformDataset(suite.split("train"), m.train_transform(), seed=0)
+    predictor = {id(p) for p in m.predictor.parameters()}
+    seen: list[tuple[float, float]] = []
+
+    class RecordLr(HookBase):
+        def after_step(self, trainer, logs):
+            lrs = {"pred": set(), "rest": set()}
+            for g in trainer.optimizer.param_groups:
+                for p in g["params"]:
+                    lrs["pred" if id(p) in predictor else "rest"].add(g["lr"])
+            assert len(lrs["pred"]) == 1 and len(lrs["rest"]) == 1
+            seen.append((lrs["pred"].pop(), lrs["rest"].pop()))
+
+    trainer = Trainer(m, data, m.cfg.section("train"), 0, tmp_path, torch.device("cpu"), hooks=[RecordLr()])
+    trainer.fit()
+    base, schedule = m.cfg["train.lr"], trainer.lr_schedule
+    assert len(seen) == len(schedule) == 6 and schedule[0] == 0.0 and schedule[-1] < base
+    np.testing.assert_allclose([r for _, r in seen], schedule)
+    np.testing.assert_allclose([p for p, _ in seen], [base] * 6 if fixed else schedule)
+
+
 # -- momentum schedules --------------------------------------------------------------------
 
 def test_byol_tau_goes_from_0996_to_1_along_a_cosine():
