@@ -48,6 +48,7 @@ DEFAULTS: dict[str, P] = {
     "backbone.name": P("resnet50", HARNESS),
     "backbone.width": P(1, HARNESS),
     "backbone.norm": P("batch", HARNESS),
+    "backbone.zero_init_residual": P(False, "torchvision resnet: zero_init_residual=False (ResNet v1 backbones only)"),
     "backbone.probe_layer": P("pre_logits", "Kolesnikov et al. 2019, Table 1: the pre-logits representation"),
     "suite.name": P("digits", HARNESS),
     "suite.root": P(None, HARNESS),

@@ -91,6 +91,7 @@ class BarlowTwins(OneDimLrScale, Method):
     recipes = {
         "default": {
             "backbone.name": P("resnet50", f"{ZBONTAR}, Sec. 2: ResNet-50"),
+            "backbone.zero_init_residual": P(True, f"{CODE}: torchvision.models.resnet50(zero_init_residual=True)"),
             **byol_augment_recipe(f"{CODE} Transform (BYOL's augmentations, {ZBONTAR} Sec. 2)"),
             "method.projector": P([8192, 8192, 8192], f"{CODE} --projector 8192-8192-8192 (Sec. 2: 3 linear layers of 8192, BN+ReLU between)"),
             "method.lambd": P(0.0051, f"{CODE} --lambd 0.0051 (the paper, Sec. 2, reports lambda = 5e-3; the official code's value is used)"),

@@ -49,6 +49,9 @@ class Method(nn.Module):
                                  f"it takes: {', '.join(params)}")
         if "small_input" in params:
             kwargs["small_input"] = input_size <= 64
+        # A recipe's zero-init choice concerns ResNet v1 blocks; backbones without them ignore it.
+        if "zero_init_residual" in params:
+            kwargs["zero_init_residual"] = bool(self.cfg["backbone.zero_init_residual"])
         if "img_size" in params:
             kwargs["img_size"] = input_size
         kwargs.update(overrides)

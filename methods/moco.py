@@ -268,6 +268,7 @@ class MoCoV2(_QueueMoCo):
 def v3_recipe() -> dict:
     return {
         "backbone.name": P("resnet50", f"{V3}, Sec. 4 / {V3_CODE}"),
+        "backbone.zero_init_residual": P(True, f"{V3_CODE} main_moco.py: torchvision resnet with zero_init_residual=True"),
         "method.momentum": P(0.99, f"{V3_CODE} main_moco.py --moco-m 0.99, raised to 1 by --moco-m-cos"),
         "method.temperature": P(1.0, f"{V3_CODE} main_moco.py --moco-t 1.0 (ResNet)"),
         "method.mlp_hidden": P(4096, f"{V3_CODE} --moco-mlp-dim 4096"),

@@ -65,6 +65,7 @@ def simclr_augment_recipe(strength: float = 1.0, blur_p: float = 0.5) -> dict:
 def simclr_recipe(epochs: int) -> dict:
     return {
         "backbone.name": P("resnet50", f"{CHEN}, Sec. 2.3 (default setting): ResNet-50"),
+        "backbone.zero_init_residual": P(True, "google-research/simclr resnet.py: last BN of each block init_zero=True"),
         **simclr_augment_recipe(),
         "method.temperature": P(0.1, f"{CODE} --temperature=0.1 (README ImageNet command; Table 5 / B.5: 0.1 best at batch 4096)"),
         "method.proj_hidden": P(2048, f"{CHEN}, Sec. 2.1: one hidden layer, as wide as the 2048-d representation"),

@@ -3,9 +3,8 @@ stop-gradient, with neither negatives nor a momentum encoder (Chen & He, CVPR 20
 
 The predictor's learning rate stays at ``train.lr`` while the rest warms up and decays
 (``method.fix_pred_lr``, the official command's ``--fix-pred-lr``; the paper, Sec. 4.2 /
-Table 1c: 68.1% vs 67.7% with a decayed one). Not reproduced: the official ResNet
-zero-initialises the last BN of each residual block (``zero_init_residual=True``), which the
-harness backbone does not.
+Table 1c: 68.1% vs 67.7% with a decayed one), and the ResNet's residual branches start at
+zero (``backbone.zero_init_residual``, as the official builder sets).
 """
 from __future__ import annotations
 
@@ -26,6 +25,7 @@ class SimSiam(Method):
     recipes = {
         "default": {
             "backbone.name": P("resnet50", f"{CHEN_HE}, Sec. 3: ResNet-50"),
+            "backbone.zero_init_residual": P(True, f"{CODE} simsiam/builder.py: base_encoder(..., zero_init_residual=True)"),
             "method.proj_dim": P(2048, f"{CHEN_HE}, Sec. 3: projection MLP, 2048-d layers"),
             "method.proj_layers": P(3, f"{CHEN_HE}, Sec. 3: 3 layers, BN on each incl. the output (no ReLU there)"),
             "method.pred_hidden": P(512, f"{CHEN_HE}, Sec. 3: prediction MLP bottleneck 512"),

@@ -23,6 +23,7 @@ class VICReg(Method):
     recipes = {
         "default": {
             "backbone.name": P("resnet50", f"{BARDES}, Sec. 4: ResNet-50 (73.2 % linear)"),
+            "backbone.zero_init_residual": P(True, f"{CODE}: resnet50(zero_init_residual=True)"),
             **byol_augment_recipe(f"facebookresearch/vicreg augmentations.py TrainTransform ({BARDES}, Sec. 4: BYOL's augmentations)"),
             "method.expander": P([8192, 8192, 8192], f"{CODE} --mlp 8192-8192-8192 ({BARDES}, Sec. 4)"),
             "method.sim_coeff": P(25.0, f"{CODE} --sim-coeff 25 ({BARDES}, Sec. 4: lambda = 25)"),

@@ -24,6 +24,37 @@ def test_resnet_v1_matches_torchvision_without_its_classifier(name):
     assert _n(create_backbone(name)) == _n(tv) - _n(tv.fc)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_zero_init_residual_zeroes_the_same_norms_as_torchvision(name):
+    torch.manual_seed(0)
+    ours = create_backbone(name, zero_init_residual=True)
+    tv = getattr(torchvision.models, name)(zero_init_residual=True)
+    zeroed = lambda model: sorted(  # noqa: E731
+        n.split(".", 1)[1] for n, p in model.named_parameters()
+        if n.startswith("layer") and n.endswith("weight") and p.ndim == 1 and not p.any()
+    )
+    assert zeroed(ours) == zeroed(tv) and len(zeroed(ours)) == sum(len(getattr(tv, f"layer{i}")) for i in (1, 2, 3, 4))
+    # Every block then starts as relu(shortcut): a block without downsampling is relu(x).
+    block = ours.layer1[1].eval()
+    x = torch.randn(2, block.conv1.in_channels, 8, 8)
+    torch.testing.assert_close(block(x), torch.relu(x))
+    assert not any(not p.any() for n, p in create_backbone(name).named_parameters() if n.endswith("weight"))
+
+
+def test_recipes_that_zero_init_the_residual_branches():
+    from harness.pipeline import RunRequest, build_config
+
+    on = {m for m in ("simclr", "simsiam", "moco_v3", "barlow_twins", "vicreg", "moco_v2", "byol", "supcon", "dino")
+          if build_config(RunRequest(method=m, suite="imagenet"))[0]["backbone.zero_init_residual"]}
+    assert on == {"simclr", "simsiam", "moco_v3", "barlow_twins", "vicreg"}
+    from harness import registry
+
+    # ...and the method's backbone is built that way (here the embedded suite's small ResNet).
+    for name, zero in (("simsiam", True), ("byol", False)):
+        m = registry.methods.get(name)(build_config(RunRequest(method=name))[0])
+        assert (not m.backbone.layer1[0].bn2.weight.any()) == zero
+
+
 def test_vgg19_bn_matches_torchvision_without_its_last_layer():
     tv = torchvision.models.vgg19_bn()
     assert _n(create_backbone("vgg19_bn")) == _n(tv) - _n(tv.classifier[6])

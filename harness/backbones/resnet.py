@@ -30,7 +30,8 @@ def norm_layer(kind: str):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block, layers, width: float = 1, base: int = 64, norm: str = "batch", small_input: bool = False, in_chans: int = 3):
+    def __init__(self, block, layers, width: float = 1, base: int = 64, norm: str = "batch", small_input: bool = False,
+                 in_chans: int = 3, zero_init_residual: bool = False):
         super().__init__()
         if width <= 0:
             raise UsageError(f"backbone.width={width}: expected a positive multiplier")
@@ -58,6 +59,13 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:
+            # Each residual branch starts as zero, so every block begins as the identity
+            # (Goyal et al. 2017): what torchvision's flag does, and what several SSL codes set.
+            for m in self.modules():
+                last = m.bn3 if isinstance(m, Bottleneck) else m.bn2 if isinstance(m, BasicBlock) else None
+                if last is not None and getattr(last, "weight", None) is not None:
+                    nn.init.zeros_(last.weight)
 
     def _make_layer(self, block, planes, blocks, stride):
         downsample = None
@@ -100,34 +108,35 @@ class ResNet(nn.Module):
         return torch.flatten(self.pool(self.forward_maps(x)), 1)
 
 
-def resnet18(width: float = 1, norm: str = "batch", small_input: bool = False) -> ResNet:
+def resnet18(width: float = 1, norm: str = "batch", small_input: bool = False, zero_init_residual: bool = False) -> ResNet:
     """ResNet-18 v1 (He et al. 2016) with a width multiplier."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], width=width, norm=norm, small_input=small_input)
+    return ResNet(BasicBlock, [2, 2, 2, 2], width=width, norm=norm, small_input=small_input, zero_init_residual=zero_init_residual)
 
 
-def resnet34(width: float = 1, norm: str = "batch", small_input: bool = False) -> ResNet:
+def resnet34(width: float = 1, norm: str = "batch", small_input: bool = False, zero_init_residual: bool = False) -> ResNet:
     """ResNet-34 v1 (He et al. 2016) with a width multiplier."""
-    return ResNet(BasicBlock, [3, 4, 6, 3], width=width, norm=norm, small_input=small_input)
+    return ResNet(BasicBlock, [3, 4, 6, 3], width=width, norm=norm, small_input=small_input, zero_init_residual=zero_init_residual)
 
 
-def resnet101(width: float = 1, norm: str = "batch", small_input: bool = False) -> ResNet:
+def resnet101(width: float = 1, norm: str = "batch", small_input: bool = False, zero_init_residual: bool = False) -> ResNet:
     """ResNet-101 v1 (He et al. 2016) with a width multiplier."""
-    return ResNet(Bottleneck, [3, 4, 23, 3], width=width, norm=norm, small_input=small_input)
+    return ResNet(Bottleneck, [3, 4, 23, 3], width=width, norm=norm, small_input=small_input, zero_init_residual=zero_init_residual)
 
 
-def resnet152(width: float = 1, norm: str = "batch", small_input: bool = False) -> ResNet:
+def resnet152(width: float = 1, norm: str = "batch", small_input: bool = False, zero_init_residual: bool = False) -> ResNet:
     """ResNet-152 v1 (He et al. 2016) with a width multiplier."""
-    return ResNet(Bottleneck, [3, 8, 36, 3], width=width, norm=norm, small_input=small_input)
+    return ResNet(Bottleneck, [3, 8, 36, 3], width=width, norm=norm, small_input=small_input, zero_init_residual=zero_init_residual)
 
 
-def resnet50(width: float = 1, norm: str = "batch", small_input: bool = False) -> ResNet:
+def resnet50(width: float = 1, norm: str = "batch", small_input: bool = False, zero_init_residual: bool = False) -> ResNet:
     """ResNet-50 v1 (He et al. 2016) with a width multiplier (SimCLR's 1x/2x/4x)."""
-    return ResNet(Bottleneck, [3, 4, 6, 3], width=width, norm=norm, small_input=small_input)
+    return ResNet(Bottleneck, [3, 4, 6, 3], width=width, norm=norm, small_input=small_input, zero_init_residual=zero_init_residual)
 
 
-def resnet_small(width: float = 1, norm: str = "batch", small_input: bool = True) -> ResNet:
+def resnet_small(width: float = 1, norm: str = "batch", small_input: bool = True, zero_init_residual: bool = False) -> ResNet:
     """A CPU-friendly ResNet (one basic block per stage, 32..256 channels) for the embedded suite."""
-    return ResNet(BasicBlock, [1, 1, 1, 1], width=width, base=32, norm=norm, small_input=small_input)
+    return ResNet(BasicBlock, [1, 1, 1, 1], width=width, base=32, norm=norm, small_input=small_input,
+                  zero_init_residual=zero_init_residual)
 
 
 resnet18.description = "ResNet-18 v1 (He et al. 2016), width multiplier"
