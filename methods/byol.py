@@ -22,6 +22,8 @@ class BYOL(Method):
     recipes = {
         "default": {
             "backbone.name": P("resnet50", f"{GRILL}, Sec. 3.3: ResNet-50"),
+            "backbone.zero_init_residual": P(True, "deepmind-research byol/utils/networks.py: haiku ResNet v1 blocks, "
+                                                   "whose last BN scale starts at zero (hk.nets.ResNet BlockV1)"),
             "method.proj_hidden": P(4096, f"{GRILL}, Sec. 3.3: MLP 4096 hidden (BN, ReLU)"),
             "method.proj_dim": P(256, f"{GRILL}, Sec. 3.3: 256-d projection"),
             "method.pred_hidden": P(4096, f"{GRILL}, Sec. 3.3: predictor has the projector's architecture"),
