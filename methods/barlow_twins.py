@@ -6,7 +6,7 @@ import torch
 
 from harness.config import Config, P
 from harness.errors import UsageError
-from methods.base import Method
+from methods.base import Method, TORCHVISION_INIT_ON_DIGITS
 from methods.components.heads import mlp
 from methods.losses import barlow_twins_loss_distributed
 from methods.simclr import global_batchnorm, two_views
@@ -38,6 +38,7 @@ def byol_augment_recipe(source: str) -> dict:
 DIGITS_BYOL_VIEWS = {
     "backbone.name": "resnet_small",
     "backbone.width": 0.5,
+    **TORCHVISION_INIT_ON_DIGITS,
     "method.aug.flip": False,  # digits are not mirror-symmetric
     "method.aug.crop_scale": [0.3, 1.0],
     # No blur at 32 px (as SimCLR's CIFAR-10 runs, Chen et al. 2020, App. B.9); view 2 keeps

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from harness.config import Config, P
-from methods.base import Method
+from methods.base import Method, TORCHVISION_INIT_ON_DIGITS
 from methods.components.heads import mlp
 from methods.components.momentum import cosine_increase, ema_update_, momentum_copy
 from methods.components.views import MultiView, augment_from_cfg
@@ -22,8 +22,8 @@ class BYOL(Method):
     recipes = {
         "default": {
             "backbone.name": P("resnet50", f"{GRILL}, Sec. 3.3: ResNet-50"),
-            "backbone.zero_init_residual": P(True, "deepmind-research byol/utils/networks.py: haiku ResNet v1 blocks, "
-                                                   "whose last BN scale starts at zero (hk.nets.ResNet BlockV1)"),
+            "backbone.zero_init_residual": P(True, "deepmind-research byol/utils/networks.py: haiku ResNet v1 "
+                                                   "bottleneck blocks, last BN scale_init=zeros (hk.nets.ResNet BlockV1)"),
             "method.proj_hidden": P(4096, f"{GRILL}, Sec. 3.3: MLP 4096 hidden (BN, ReLU)"),
             "method.proj_dim": P(256, f"{GRILL}, Sec. 3.3: 256-d projection"),
             "method.pred_hidden": P(4096, f"{GRILL}, Sec. 3.3: predictor has the projector's architecture"),
@@ -53,6 +53,7 @@ class BYOL(Method):
         "digits": {
             "backbone.name": "resnet_small",
             "backbone.width": 0.5,
+            **TORCHVISION_INIT_ON_DIGITS,
             "method.proj_hidden": 512,
             "method.proj_dim": 128,
             "method.pred_hidden": 512,

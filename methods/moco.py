@@ -22,7 +22,7 @@ from torch import nn
 
 from harness.config import Config, P
 from harness.errors import UsageError
-from methods.base import Method
+from methods.base import Method, TORCHVISION_INIT_ON_DIGITS
 from methods.components.distributed import batch_shuffle, batch_unshuffle, concat_all_gather, is_distributed
 from methods.components.heads import mlp
 from methods.components.memory import Queue, bn_stats_kept, data_batches
@@ -336,6 +336,7 @@ class MoCoV3(_MoCo):
             "backbone.name": "resnet_small",
             "backbone.width": 0.5,
             "method.momentum": 0.98,
+            **TORCHVISION_INIT_ON_DIGITS,
             "method.stop_grad_patch_embed": False,  # the profile trains a ResNet, even for --recipe vit_small
             "method.mlp_hidden": 512,
             "method.proj_dim": 128,

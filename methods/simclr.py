@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import nn
 
 from harness.config import Config, P
-from methods.base import Method
+from methods.base import Method, TORCHVISION_INIT_ON_DIGITS
 from methods.components.distributed import is_distributed
 from methods.components.heads import mlp
 from methods.components.views import MultiView, augment_from_cfg
@@ -86,6 +86,7 @@ def simclr_recipe(epochs: int) -> dict:
 DIGITS_TWO_VIEW = {
     "backbone.name": "resnet_small",
     "backbone.width": 0.5,
+    **TORCHVISION_INIT_ON_DIGITS,
     # Digits are not mirror-symmetric, and SimCLR's CIFAR-10 runs (App. B.9, README) drop
     # the blur at 32 px and halve the colour jitter strength.
     "method.aug.flip": False,

@@ -9,7 +9,7 @@ zero (``backbone.zero_init_residual``, as the official builder sets).
 from __future__ import annotations
 
 from harness.config import Config, P
-from methods.base import Method
+from methods.base import Method, TORCHVISION_INIT_ON_DIGITS
 from methods.components.heads import mlp
 from methods.components.views import MultiView, augment_from_cfg
 from methods.losses import simsiam_loss
@@ -51,6 +51,7 @@ class SimSiam(Method):
         "digits": {
             "backbone.name": "resnet_small",
             "backbone.width": 0.5,
+            **TORCHVISION_INIT_ON_DIGITS,
             "method.proj_dim": 256,
             "method.pred_hidden": 64,  # the paper's 4x bottleneck
             "method.aug.crop_scale": [0.4, 1.0],
