@@ -52,6 +52,9 @@ class Method(nn.Module):
         # A recipe's zero-init choice concerns ResNet v1 blocks; backbones without them ignore it.
         if "zero_init_residual" in params:
             kwargs["zero_init_residual"] = bool(self.cfg["backbone.zero_init_residual"])
+        elif self.cfg["backbone.zero_init_residual"] and self.cfg.sources.get("backbone.zero_init_residual") == "command line":
+            raise UsageError(f"backbone.zero_init_residual=true: backbone '{name}' has no ResNet v1 residual blocks "
+                             "to zero-initialise; drop the override or choose a resnet backbone")
         if "img_size" in params:
             kwargs["img_size"] = input_size
         kwargs.update(overrides)

@@ -320,6 +320,7 @@ class MoCoV3(_MoCo):
         }),
         "vit_small": v3_variant(**{
             "backbone.name": P("vit_small", f"{V3_CODE} CONFIG.md ViT-Small"),
+            "backbone.zero_init_residual": P(False, f"{V3_CODE} main_moco.py: only its ResNets are zero-initialised"),
             "method.temperature": P(0.2, f"{V3_CODE} CONFIG.md ViT: --moco-t=.2"),
             "method.proj_layers": P(3, f"{V3_CODE} moco/builder.py MoCo_ViT: 3-layer projector"),
             "method.pred_last_bn": P(True, f"{V3_CODE} moco/builder.py MoCo_ViT: predictor with last BN"),

@@ -55,6 +55,15 @@ def test_recipes_that_zero_init_the_residual_branches():
     assert not simsiam(build_config(RunRequest(method="simsiam", suite="imagenet"))[0]).backbone.layer1[0].bn3.weight.any()
     assert simsiam(build_config(RunRequest(method="simsiam"))[0]).backbone.layer1[0].bn2.weight.all()
 
+    from harness.errors import UsageError
+
+    vit = build_config(RunRequest(method="simsiam", suite="imagenet", overrides={"backbone.name": "vit_tiny"}))[0]
+    assert simsiam(vit).backbone.num_features > 0  # the recipe's zero-init concerns ResNets only
+    vit_zero = build_config(RunRequest(method="simsiam", suite="imagenet", overrides={
+        "backbone.name": "vit_tiny", "backbone.zero_init_residual": True}))[0]
+    with pytest.raises(UsageError, match="vit_tiny.* no ResNet v1 residual blocks"):
+        simsiam(vit_zero)
+
 
 def test_vgg19_bn_matches_torchvision_without_its_last_layer():
     tv = torchvision.models.vgg19_bn()
