@@ -103,11 +103,11 @@ def build_optimizer(params, train: dict) -> torch.optim.Optimizer:
     raise UsageError(f"train.optimizer={name!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float, base_lr: float | None = None) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, base_lr: float) -> None:
     """The scheduled ``lr`` on every group, except groups marked ``fixed_lr``, which stay at
     ``base_lr`` (``train.lr``) for the whole run, as SimSiam's ``--fix-pred-lr`` does."""
     for group in optimizer.param_groups:
-        current = base_lr if group.get("fixed_lr") and base_lr is not None else lr
+        current = base_lr if group.get("fixed_lr") else lr
         group["lr"] = current * group.get("lr_scale", 1.0)
 
 

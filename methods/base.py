@@ -154,8 +154,8 @@ class Method(nn.Module):
 # For the digits profiles of recipes that zero-initialise residual branches: the embedded suite's
 # resnet_small has one block per stage, so with every branch at zero the untrained network is
 # little more than its stem and shortcut convolutions (kNN 19.8 against 35.4 untrained), and each
-# of those methods trained to lower numbers that way (bench/RESULTS.md, "Zero-initialised
-# residual branches on the embedded suite").
+# of those methods trained to lower numbers that way (bench/RESULTS.md, "Follow-up: two details
+# of the official codes").
 TORCHVISION_INIT_ON_DIGITS = {"backbone.zero_init_residual": False}
 
 PROBE_LAYERS = ("pre_logits", "block1", "block2", "block3", "block4", "block5")  # block5: AlexNet and VGG conv5
