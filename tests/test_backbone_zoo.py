@@ -118,6 +118,26 @@ def test_every_backbone_has_pooled_maps_and_named_stages(name):
         assert stages[k].shape[1] == m.block_channels(int(k[5:]))
 
 
+@pytest.mark.parametrize("name", ["alexnet", "vgg19_bn", "resnet18", "resnet50_v2", "revnet50", "resnet_small",
+                                  "vit_tiny"])
+def test_untrained_backbones_tell_images_apart_in_eval_mode(name):
+    # `--epochs 0` baselines and short runs are probed in eval mode with BN's initial running
+    # statistics; an init that lets the biases drown the signal gives every image one feature.
+    import inspect
+
+    from harness import registry
+    params = inspect.signature(registry.backbones.get(name)).parameters
+    kw = {"small_input": True} if "small_input" in params else {}
+    if "img_size" in params:
+        kw.update(img_size=32, patch_size=4)
+    torch.manual_seed(0)
+    m = create_backbone(name, **({"width": 0.25} if "width" in params else {}), **kw).eval()
+    with torch.no_grad():
+        f = m(torch.randn(16, 3, 32, 32))
+    spread = (f.std(0).mean() / f.abs().mean()).item()
+    assert spread > 0.01, f"{name}: features barely depend on the image (relative spread {spread:.2g})"
+
+
 def _randomise_bn(model):
     # A trained network's BN: without it, zero-initialised biases put exact zeros into ReLUs,
     # where reconstruction round-off decides the subgradient.

@@ -29,6 +29,23 @@ class VGG(nn.Module):
         # Stage ends (after each max-pool) for multi-layer probes: conv1..conv5.
         self._stage_ends = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
         self._block_channels = [layout[i - 1] for i, v in enumerate(layout) if v == "M"]
+        self._init_like_torchvision()
+
+    def _init_like_torchvision(self) -> None:
+        # torchvision.models.VGG's init_weights. PyTorch's default conv init shrinks the signal
+        # about threefold per layer while the biases do not shrink, so after 16 conv layers an
+        # untrained network in eval mode (BN running stats at 0/1) gave the same features for
+        # every image, and short runs and `--epochs 0` baselines probed at chance.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
 
     def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
