@@ -67,6 +67,24 @@ def test_print_config_shows_layers_and_sources(capsys):
     assert "moco" in lines["eval.linear.lr"] or "digits" in lines["eval.linear.lr"]
 
 
+def test_overrides_may_sit_between_options(capsys):
+    code, out, _ = run_cli(["run", "--method", "rotation", "train.lr=0.01", "--eval", "knn", "train.epochs=2",
+                            "--print-config", "train.lr=0.02"], capsys)
+    assert code == 0
+    lines = {l.split()[0]: l for l in out.splitlines() if not l.startswith("#")}
+    assert "0.02" in lines["train.lr"] and "command line" in lines["train.lr"]  # the later one wins
+    assert lines["train.epochs"].split()[1] == "2"
+
+
+@pytest.mark.parametrize("argv", [["run", "--method", "rotation", "--print-config", "--bogus"],
+                                  ["list", "methods", "train.lr=1"]])
+def test_unknown_arguments_are_still_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "unrecognized arguments" in err
+
+
 def test_console_script_exits_2_without_traceback():
     r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--method", "nope"], capture_output=True, text=True)
     assert r.returncode == 2
