@@ -44,7 +44,11 @@ class Method(nn.Module):
             value = self.cfg[f"backbone.{key}"]
             if key in params:
                 kwargs[key] = value
-            elif key not in overrides and value != DEFAULTS[f"backbone.{key}"].value:
+            # A profile's width was chosen for its own backbone, so on a backbone without widths
+            # only a width the user asked for is an error; a recipe's norm (CPC v2's layer norm)
+            # is part of the method and never dropped silently.
+            elif (key not in overrides and value != DEFAULTS[f"backbone.{key}"].value
+                  and (key == "norm" or self.cfg.sources.get(f"backbone.{key}") == "command line")):
                 raise UsageError(f"backbone '{name}' has no {key} option (backbone.{key}={value!r}); "
                                  f"it takes: {', '.join(params)}")
         if "small_input" in params:

@@ -65,6 +65,20 @@ def test_recipes_that_zero_init_the_residual_branches():
         simsiam(vit_zero)
 
 
+def test_a_profile_width_is_left_out_for_a_backbone_without_one_but_a_user_width_is_an_error():
+    from harness import registry
+    from harness.errors import UsageError
+    from harness.pipeline import RunRequest, build_config
+
+    moco_v3 = registry.methods.get("moco_v3")
+    cfg = build_config(RunRequest(method="moco_v3", backbone="vit_tiny"))[0]
+    assert cfg["backbone.width"] == 0.5  # the digits profile's, chosen for resnet_small
+    assert moco_v3(cfg).backbone.num_features == 192
+    cfg = build_config(RunRequest(method="moco_v3", backbone="vit_tiny", overrides={"backbone.width": 2.0}))[0]
+    with pytest.raises(UsageError, match="backbone 'vit_tiny' has no width option"):
+        moco_v3(cfg)
+
+
 def test_vgg19_bn_matches_torchvision_without_its_last_layer():
     tv = torchvision.models.vgg19_bn()
     assert _n(create_backbone("vgg19_bn")) == _n(tv) - _n(tv.classifier[6])
@@ -102,10 +116,11 @@ def test_revisiting_width_names():
     assert stem.out_channels == 16 * 12
 
 
-@pytest.mark.parametrize("name", ["alexnet", "vgg19_bn", "resnet50_v2", "revnet50", "resnet34"])
+@pytest.mark.parametrize("name", ["alexnet", "vgg19_bn", "resnet50_v2", "revnet50", "resnet34", "vit_tiny"])
 def test_every_backbone_has_pooled_maps_and_named_stages(name):
-    kw = {} if name == "vgg19_bn" else {"small_input": True}
-    m = create_backbone(name, width=0.25, **kw).eval()
+    kw = {"vgg19_bn": {"width": 0.25}, "vit_tiny": {"img_size": 32, "patch_size": 4}}.get(
+        name, {"width": 0.25, "small_input": True})
+    m = create_backbone(name, **kw).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         pooled, maps, stages = m(x), m.forward_maps(x), m.forward_stages(x)
@@ -116,6 +131,8 @@ def test_every_backbone_has_pooled_maps_and_named_stages(name):
     assert len(blocks) >= 4
     for k in blocks:
         assert stages[k].shape[1] == m.block_channels(int(k[5:]))
+    with torch.no_grad():
+        assert torch.allclose(m.forward_block(x, 2), stages["block2"], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["alexnet", "vgg19_bn", "resnet18", "resnet50_v2", "revnet50", "resnet_small",

@@ -1,7 +1,8 @@
 """Vision Transformers (Dosovitskiy et al. 2021) through timm, in the harness's backbone shape.
 
 ``forward`` returns the final-norm class token (the representation MAE and DINO probe);
-``forward_maps`` the patch tokens as a [B, D, h, w] map. Smaller patches serve small images
+``forward_maps`` the patch tokens as a [B, D, h, w] map; ``forward_stages`` the token maps after
+each quarter of the blocks (``block1``..``block4``) for multi-layer probes. Smaller patches serve small images
 (``patch_size=4`` on 32px images gives an 8x8 token grid). ``dynamic_img_size=True`` lets
 one network read crops of other sizes (DINO's multi-crop), resampling the position
 embeddings bicubically to each input's token grid (timm's ``dynamic_img_size``).
@@ -43,6 +44,27 @@ class ViT(nn.Module):
     def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]
         return tokens.transpose(1, 2).reshape(x.shape[0], self.num_features, *self.grid)
+
+    # Named layers for multi-layer probes, under the ResNets' names so `backbone.probe_layer`
+    # and `eval.linear.layers` mean the same on every backbone: block1..block4 are the patch-token
+    # maps (before the final norm) after each quarter of the blocks, 3/6/9/12 of ViT-T/S/B's 12.
+    def _stage_indices(self) -> list[int]:
+        depth = len(self.vit.blocks)
+        return [depth * i // 4 - 1 for i in range(1, 5)]
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        final, maps = self.vit.forward_intermediates(x, indices=self._stage_indices(), output_fmt="NCHW")
+        out = {f"block{i}": m for i, m in enumerate(maps, start=1)}
+        out["pre_logits"] = self.vit.forward_head(final)
+        return out
+
+    def forward_block(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        index = self._stage_indices()[block - 1]
+        return self.vit.forward_intermediates(x, indices=[index], stop_early=True, intermediates_only=True,
+                                              output_fmt="NCHW")[0]
+
+    def block_channels(self, block: int) -> int:
+        return self.num_features
 
 
 def vit_tiny(img_size: int = 224, patch_size: int = 16, dynamic_img_size: bool = False) -> ViT:
