@@ -30,12 +30,15 @@ def pixels(suite, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(xs), torch.tensor(ys)
 
 
+def centred(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(dim=(1, 2, 3), keepdim=True)).flatten(1)
+
+
 # name -> images [N, 3, H, W] to vectors [N, D]
 VIEWS = {
     "raw pixels": lambda x: x.flatten(1),
-    "pixels centred per image": lambda x: (x - x.mean(dim=(1, 2, 3), keepdim=True)).flatten(1),
-    "pixels average-pooled to 8x8, centred": lambda x: (
-        lambda p: (p - p.mean(dim=(1, 2, 3), keepdim=True)).flatten(1))(F.adaptive_avg_pool2d(x, 8)),
+    "pixels centred per image": centred,
+    "pixels average-pooled to 8x8, centred": lambda x: centred(F.adaptive_avg_pool2d(x, 8)),
     "mean colour per image (3 numbers)": lambda x: x.mean(dim=(2, 3)),
 }
 
