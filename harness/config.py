@@ -88,6 +88,9 @@ NON_SEMANTIC = {
 }
 
 
+USER_SOURCE = "command line"  # the source recorded for values the user set
+
+
 @dataclass
 class Config:
     values: dict[str, Any]
@@ -98,6 +101,10 @@ class Config:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
+
+    def user_set(self, key: str) -> bool:
+        """Whether ``key`` was set by the user (command line or overrides), not a recipe or profile."""
+        return self.sources.get(key) == USER_SOURCE
 
     def section(self, prefix: str) -> dict[str, Any]:
         """Values under ``prefix.`` with the prefix stripped (``section('train')['lr']``)."""
@@ -172,7 +179,7 @@ def resolve(layers: list[tuple[str, Mapping[str, Any]]], overrides: Mapping[str,
             close = difflib.get_close_matches(key, list(merged), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see the resolved config keys with `harness run --print-config`"
             raise UsageError(f"unknown config key '{key}'{hint}")
-        merged[key] = P(_coerce(key, value, merged[key].value), "command line")
+        merged[key] = P(_coerce(key, value, merged[key].value), USER_SOURCE)
     return Config(
         values={k: p.value for k, p in merged.items()},
         sources={k: p.source for k, p in merged.items()},

@@ -48,7 +48,7 @@ class Method(nn.Module):
             # only a width the user asked for is an error; a recipe's norm (CPC v2's layer norm)
             # is part of the method and never dropped silently.
             elif (key not in overrides and value != DEFAULTS[f"backbone.{key}"].value
-                  and (key == "norm" or self.cfg.sources.get(f"backbone.{key}") == "command line")):
+                  and (key == "norm" or self.cfg.user_set(f"backbone.{key}"))):
                 raise UsageError(f"backbone '{name}' has no {key} option (backbone.{key}={value!r}); "
                                  f"it takes: {', '.join(params)}")
         if "small_input" in params:
@@ -56,7 +56,7 @@ class Method(nn.Module):
         # A recipe's zero-init choice concerns ResNet v1 blocks; backbones without them ignore it.
         if "zero_init_residual" in params:
             kwargs["zero_init_residual"] = bool(self.cfg["backbone.zero_init_residual"])
-        elif self.cfg["backbone.zero_init_residual"] and self.cfg.sources.get("backbone.zero_init_residual") == "command line":
+        elif self.cfg["backbone.zero_init_residual"] and self.cfg.user_set("backbone.zero_init_residual"):
             raise UsageError(f"backbone.zero_init_residual=true: backbone '{name}' has no ResNet v1 residual blocks "
                              "to zero-initialise; drop the override or choose a resnet backbone")
         if "img_size" in params:

@@ -116,11 +116,23 @@ def test_revisiting_width_names():
     assert stem.out_channels == 16 * 12
 
 
+def _small_for_32px(name: str) -> nn.Module:
+    """Backbone ``name`` at a quarter width (where it has widths) for 32 px inputs."""
+    import inspect
+
+    from harness import registry
+    params = inspect.signature(registry.backbones.get(name)).parameters
+    kw = {"width": 0.25} if "width" in params else {}
+    if "small_input" in params:
+        kw["small_input"] = True
+    if "img_size" in params:
+        kw.update(img_size=32, patch_size=4)
+    return create_backbone(name, **kw)
+
+
 @pytest.mark.parametrize("name", ["alexnet", "vgg19_bn", "resnet50_v2", "revnet50", "resnet34", "vit_tiny"])
 def test_every_backbone_has_pooled_maps_and_named_stages(name):
-    kw = {"vgg19_bn": {"width": 0.25}, "vit_tiny": {"img_size": 32, "patch_size": 4}}.get(
-        name, {"width": 0.25, "small_input": True})
-    m = create_backbone(name, **kw).eval()
+    m = _small_for_32px(name).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         pooled, maps, stages = m(x), m.forward_maps(x), m.forward_stages(x)
@@ -140,15 +152,8 @@ def test_every_backbone_has_pooled_maps_and_named_stages(name):
 def test_untrained_backbones_tell_images_apart_in_eval_mode(name):
     # `--epochs 0` baselines and short runs are probed in eval mode with BN's initial running
     # statistics; an init that lets the biases drown the signal gives every image one feature.
-    import inspect
-
-    from harness import registry
-    params = inspect.signature(registry.backbones.get(name)).parameters
-    kw = {"small_input": True} if "small_input" in params else {}
-    if "img_size" in params:
-        kw.update(img_size=32, patch_size=4)
     torch.manual_seed(0)
-    m = create_backbone(name, **({"width": 0.25} if "width" in params else {}), **kw).eval()
+    m = _small_for_32px(name).eval()
     with torch.no_grad():
         f = m(torch.randn(16, 3, 32, 32))
     spread = (f.std(0).mean() / f.abs().mean()).item()
