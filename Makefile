@@ -32,7 +32,9 @@ system-deps:
 	  else echo "note: slurm-wlm/munge/rsync missing and not root with apt-get: the Slurm tests will be skipped"; fi; \
 	fi
 
+# Layer rules first (import-linter contracts in pyproject.toml), then the tests.
 test: install system-deps
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # Tests marked slow (none at present: every method's checks run in `make test`).

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine_info  # noqa: E402
+from harness.rundir import RunFolder  # noqa: E402
 
 HARNESS = Path(sys.executable).with_name("harness")
 
@@ -40,7 +41,7 @@ def run(method: str, seed: int, epochs: int | None, cwd: Path, threads: int | No
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return json.loads((out / "results.json").read_text())["results"], time.time() - t0
+    return RunFolder(out).results()["results"], time.time() - t0
 
 
 def fmt(xs: list[float]) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine_info  # noqa: E402
+from harness.metrics import Declaration  # noqa: E402
+from harness.rundir import RunFolder  # noqa: E402
 
 HARNESS = Path(sys.executable).with_name("harness")
 
@@ -25,7 +27,8 @@ def main() -> None:
         wall = time.time() - t0
         if r.returncode != 0:
             sys.exit(f"run failed:\n{r.stderr[-3000:]}")
-        res = json.loads((Path(tmp) / "demo" / "results.json").read_text())["results"]
+        saved = RunFolder(Path(tmp) / "demo").results()
+        res = saved["results"]
     from harness.data.digits import DigitsSuite
 
     print(f"machine: {machine_info()}")
@@ -33,7 +36,7 @@ def main() -> None:
     print(f"digits suite content hash: {DigitsSuite(root=None, image_size=32).content_hash()[:16]}")
     print(f"harness run --method cpc_v2 --eval all: {wall:.0f} s wall")
     for name, m in res.items():
-        print(f"  {name}: top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%")
+        print(f"  {name}: {Declaration.from_json(json.dumps(saved['declarations'][name])).summary(m)}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evals.features import extract  # noqa: E402
 from evals.knn import knn_predict, knn_topk_accuracy  # noqa: E402
 from harness import checkpoint  # noqa: E402
+from harness.rundir import RunFolder  # noqa: E402
 from harness.data.transforms import eval_transform  # noqa: E402
 from harness.errors import UsageError  # noqa: E402
 from harness.pipeline import RunRequest, build_config  # noqa: E402
@@ -71,7 +72,7 @@ def main() -> None:
     seed_everything(int(cfg["seed"]))  # the same draw `harness run` made for its initial weights
     random_init = method_cls(cfg)
     trained = method_cls(cfg)
-    trained.load_state_dict(checkpoint.load(run_dir / "pretrain" / "method.pt")["method"])
+    trained.load_state_dict(checkpoint.load(RunFolder(run_dir).final_weights)["method"])
     tf = eval_transform(int(cfg["data.image_size"]), cfg["data.eval_resize_ratio"])
     train, val = suite.split("train", tf), suite.split("val", tf)
     cpu, n_cls = torch.device("cpu"), len(train.classes)

@@ -24,9 +24,10 @@ from _machine import machine_info  # noqa: E402
 
 from evals.knn import KNN  # noqa: E402
 from harness import checkpoint  # noqa: E402
+from harness.rundir import RunFolder  # noqa: E402
 from harness.pipeline import RunRequest, build_config  # noqa: E402
 from harness.seeding import seed_everything  # noqa: E402
-from methods.base import PROBE_LAYERS  # noqa: E402
+from harness.backbones.readout import PROBE_LAYERS  # noqa: E402
 
 HARNESS = Path(sys.executable).with_name("harness")
 
@@ -37,7 +38,7 @@ def knn_by_layer(method_name: str, seed: int, run_dir: Path, key: str, values: l
     seed_everything(seed)  # the same draw `harness run` made for its initial weights
     random_init = method_cls(cfg)
     trained = method_cls(cfg)
-    trained.load_state_dict(checkpoint.load(run_dir / "pretrain" / "method.pt")["method"])
+    trained.load_state_dict(checkpoint.load(RunFolder(run_dir).final_weights)["method"])
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for layer in values:

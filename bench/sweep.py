@@ -3,9 +3,8 @@
 Each line of the plan is ``method key=value ...`` (``#`` starts a comment); every run goes
 through the same pipeline as ``harness run --eval knn,linear`` (pretraining, then kNN and
 linear top-1) and is appended as one JSON line to --out as soon as it finishes, so a
-killed sweep keeps what it measured. Runs are not tracked in MLflow: these are tuning
-numbers, not results, and the sweep then also runs where MLflow is not installed (a
-rented GPU box with only PyTorch). Prints a table sorted by kNN top-1 per method.
+killed sweep keeps what it measured. Runs are not tracked in MLflow (``RunRequest.track`` is
+off): these are tuning numbers, not results. Prints a table sorted by kNN top-1 per method.
 
     python bench/sweep.py plan.txt --jobs 12 --out bench/out/sweep.jsonl
 """
@@ -25,29 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-class _NoTracking:
-    """Stands in for harness.tracking.Tracker: a sweep's numbers stay out of MLflow."""
-
-    uri = "(not tracked)"
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def create_run(self, *args, **kwargs) -> str:
-        return "untracked"
-
-    def run_exists(self, run_id) -> bool:
-        return bool(run_id)
-
-    def running(self, run_id):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
 def parse_plan(text: str) -> list[tuple[str, dict]]:
     from harness.config import parse_override
 
@@ -63,16 +39,17 @@ def one_run(method: str, overrides: dict, root: str, threads: int) -> dict:
     import torch
 
     from harness import pipeline
+    from harness.rundir import RunFolder
 
     torch.set_num_threads(threads)
-    pipeline.Tracker = _NoTracking
     label = " ".join([method] + [f"{k}={v}" for k, v in overrides.items()])
     t0 = time.time()
     try:
         with tempfile.TemporaryDirectory(dir=root) as out:
-            req = pipeline.RunRequest(method=method, evals="knn,linear", output_dir=out, overrides=dict(overrides))
+            req = pipeline.RunRequest(method=method, evals="knn,linear", output_dir=out, overrides=dict(overrides),
+                                      track=False)
             res = pipeline.execute(req, log=lambda *_: None)
-            loss = json.loads((Path(out) / "results.json").read_text())["pretrain_loss"]
+            loss = RunFolder(out).results()["pretrain_loss"]
         return {"run": label, "method": method, "overrides": overrides, "knn": res["knn"]["top1"],
                 "linear": res["linear"]["top1"], "final_loss": loss[-1] if loss else None, "wall_s": time.time() - t0}
     except BaseException as e:  # one bad config must not end the sweep

@@ -71,14 +71,14 @@ def cached_features(method, dataset, device: torch.device, cache_dir, key: dict,
 
 
 class FeatureCache:
-    """Where a run's shared feature cache lives (beside the evals' own folders) and what its
+    """A feature cache folder (the run folder's shared one, given to every eval) and what its
     entries depend on: the eval transform, the read-out layer, the training subset and the
     resolved config (so the pretrained weights)."""
 
-    def __init__(self, cfg, eval_out_dir):
+    def __init__(self, cfg, directory):
         from pathlib import Path
 
-        self.dir = Path(eval_out_dir).parent / "_features"
+        self.dir = Path(directory)
         self.base = {"config_hash": cfg.hash, "image_size": cfg["data.image_size"],
                      "eval_resize_ratio": cfg["data.eval_resize_ratio"], "probe_layer": cfg.get("backbone.probe_layer", "pre_logits"),
                      "train_subset": cfg["data.train_subset"], "transform": "eval"}

@@ -5,9 +5,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.config import P
+from harness.config import P, each, integer, number
 from harness.data.transforms import eval_transform
-from evals.base import Evaluator
+from evals.base import Evaluator, top1, top5
 from evals.features import cached_features, FeatureCache
 
 DINO_KNN = "facebookresearch/dino eval_knn.py"
@@ -72,6 +72,11 @@ class KNN(Evaluator):
     description = "weighted kNN on L2-normalised frozen features (DINO protocol: T=0.07, k=10/20/100/200)"
     source = DINO_KNN
     default_preset = "dino"
+    metrics = (top1("top-1 of the weighted vote of the eval.knn.k nearest neighbours"),
+               top5("top-5 of the same vote (only classes some neighbour voted for)"))
+    headline = "top1"
+    rules = {"ks": each(integer(1)), "k": integer(1), "temperature": number(0, lo_open=True),
+             "chunk_size": integer(1), "batch_size": integer(1)}
     presets = {
         "dino": {
             "ks": P([10, 20, 100, 200], DINO_KNN),
@@ -96,7 +101,7 @@ class KNN(Evaluator):
         tf = eval_transform(size, self.cfg["data.eval_resize_ratio"])
         train = suite.split("train", tf)
         val = suite.split("val", tf)
-        cache = FeatureCache(self.cfg, out_dir)
+        cache = FeatureCache(self.cfg, self.feature_dir(out_dir))
         ftr, ytr = cached_features(method, train, device, cache.dir, cache.key("train"), p["batch_size"], "knn: train features")
         fte, yte = cached_features(method, val, device, cache.dir, cache.key("val"), p["batch_size"], "knn: val features")
         ks = sorted(set(int(k) for k in p["ks"]) | {int(p["k"])})

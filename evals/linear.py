@@ -9,15 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from harness.config import P
+from harness.backbones.readout import POOLINGS, PROBE_LAYERS, READOUTS, readout_features
+from harness.config import P, each, integer, number, one_of
 from harness.errors import UsageError
 from harness.data.loading import EpochSampler, SeededTransformDataset
 from harness.data.transforms import crop_flip_transform, eval_transform, resize_crop_transform
-from harness.optim import LARS, step_decay, warmup_cosine
+from harness.optim import build_optimizer, lr_schedule, scale_lr
 from harness.progress import progress
 from harness.seeding import derive_seed
-from evals.base import Evaluator
-from methods.base import PROBE_LAYERS
+from evals.base import Evaluator, top1, top5
 from evals.features import topk_correct
 
 MOCO = "facebookresearch/moco main_lincls.py"
@@ -29,27 +29,6 @@ IMAGENET_TRAIN, REVISITING_HOLDOUT = 1_281_167, 50_046
 # Fixed, not the run seed: every run of a suite holds out the same images, so methods are
 # selected on the same validation split.
 HOLDOUT_SEED = 20190125
-
-READOUTS = ("probe_layer", "dino", "last4_cls", "cls_avgpool")
-
-
-def readout_features(method, x: torch.Tensor, readout: str) -> torch.Tensor:
-    """The features a linear probe reads. ``probe_layer``: the method's representation
-    (``backbone.probe_layer``). ``last4_cls`` / ``cls_avgpool``: DINO's ViT read-outs (the
-    class tokens of the last four blocks; the last block's class token and mean patch
-    token). ``dino``: what DINO's eval_linear.py picks: last4_cls for ViT-S and smaller,
-    cls_avgpool for ViT-B, the pooled features of any other backbone."""
-    backbone = getattr(method, "backbone", None)
-    if readout == "probe_layer":
-        return method.features(x)
-    is_vit = hasattr(backbone, "forward_readout")
-    if readout == "dino":
-        if not is_vit:
-            return method.features(x)
-        readout = "cls_avgpool" if backbone.num_features >= 768 else "last4_cls"
-    if not is_vit:
-        raise UsageError(f"eval.linear.readout={readout}: needs a ViT backbone, not '{method.cfg['backbone.name']}'")
-    return backbone.forward_readout(x, readout)
 
 
 class BackboneChanged(AssertionError):
@@ -71,6 +50,17 @@ class LinearProbe(Evaluator):
     description = "linear classifier on frozen features (MoCo protocol: SGD lr 30, 100 epochs, steps at 60/80)"
     source = MOCO
     default_preset = "moco"
+    metrics = (top1("val top-1 of the probe at the configured read-out (or the layer the hold-out picks)"), top5())
+    headline = "top1"
+    rules = {
+        "epochs": integer(0), "batch_size": integer(1), "lr": number(0), "momentum": number(0),
+        "weight_decay": number(0), "milestones": each(number(0)), "crop_scale_min": number(0, 1, lo_open=True),
+        "flip": one_of(True, False), "feature_norm": one_of("none", "batchnorm"),
+        "optimizer": one_of("sgd", "nesterov", "lars"), "lr_scaling": one_of("none", "linear"),
+        "schedule": one_of("step", "cosine"), "readout": one_of(*READOUTS), "layers": each(one_of(*PROBE_LAYERS)),
+        "pooling": one_of(*POOLINGS), "train_crop": one_of("random_resized", "resize_crop"),
+        "holdout": number(0, 1, hi_open=True),
+    }
     presets = {
         "moco": {
             "epochs": P(100, MOCO),
@@ -203,25 +193,11 @@ class LinearProbe(Evaluator):
             heads[name] = nn.Sequential(nn.BatchNorm1d(dim, affine=False), linear) if p["feature_norm"] == "batchnorm" else linear
         head = heads.to(device)
         bs = int(p["batch_size"])
-        scaling = {"none": 1.0, "linear": bs / 256}
-        if p["lr_scaling"] not in scaling:
-            raise UsageError(f"eval.linear.lr_scaling={p['lr_scaling']!r}: expected none or linear")
-        lr = float(p["lr"]) * scaling[p["lr_scaling"]]
-        if p["optimizer"] in ("sgd", "nesterov"):
-            opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=p["momentum"], weight_decay=p["weight_decay"],
-                                  nesterov=p["optimizer"] == "nesterov")
-        elif p["optimizer"] == "lars":
-            opt = LARS(head.parameters(), lr=lr, momentum=p["momentum"], weight_decay=p["weight_decay"])
-        else:
-            raise UsageError(f"eval.linear.optimizer={p['optimizer']!r}: expected sgd, nesterov or lars")
+        lr = scale_lr(p["lr"], bs, p["lr_scaling"])
+        opt = build_optimizer(head.parameters(), {**p, "lr": lr})
         steps_per_epoch = max(len(train) // bs, 1)
         epochs = int(p["epochs"])
-        if p["schedule"] == "step":
-            schedule = step_decay(lr, epochs * steps_per_epoch, [m * steps_per_epoch for m in p["milestones"]])
-        elif p["schedule"] == "cosine":
-            schedule = warmup_cosine(lr, epochs * steps_per_epoch)
-        else:
-            raise UsageError(f"eval.linear.schedule={p['schedule']!r}: expected step or cosine")
+        schedule = lr_schedule({**p, "lr": lr, "decay_epochs": p["milestones"]}, steps_per_epoch)
         step = 0
         bar = progress(total=epochs * steps_per_epoch, desc="linear probe", unit="step")
         for epoch in range(epochs):

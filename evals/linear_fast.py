@@ -12,13 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.config import P
+from harness.config import P, each, integer, number, one_of
 from harness.data.transforms import eval_transform
 from harness.errors import UsageError
 from harness.optim import warmup_cosine
 from harness.progress import progress
 from harness.seeding import derive_seed
-from evals.base import Evaluator
+from evals.base import Evaluator, top1, top5
 from evals.features import cached_features, FeatureCache, topk_correct
 
 HARNESS = "harness protocol (fast sweep on cached features; not comparable with the linear column)"
@@ -30,6 +30,11 @@ class FastLinear(Evaluator):
     description = "lr sweep of linear heads on cached, unaugmented features (lr chosen on a train hold-out)"
     source = HARNESS
     default_preset = "sweep"
+    metrics = (top1("val top-1 of the head whose lr the train hold-out chose"), top5())
+    headline = "top1"
+    rules = {"lrs": each(number(0, lo_open=True)), "epochs": integer(0), "batch_size": integer(1),
+             "momentum": number(0), "weight_decay": number(0), "holdout": number(0, 1, lo_open=True, hi_open=True),
+             "standardize": one_of(True, False), "chunk_size": integer(1)}
     presets = {
         "sweep": {
             "lrs": P([0.01, 0.03, 0.1, 0.3, 1.0, 3.0], f"{HARNESS}: half-decade grid"),
@@ -47,7 +52,7 @@ class FastLinear(Evaluator):
         p = self.params
         tf = eval_transform(self.cfg["data.image_size"], self.cfg["data.eval_resize_ratio"])
         train, val = suite.split("train", tf), suite.split("val", tf)
-        cache = FeatureCache(self.cfg, out_dir)
+        cache = FeatureCache(self.cfg, self.feature_dir(out_dir))
         ftr, ytr = cached_features(method, train, device, cache.dir, cache.key("train"), 256, "linear_fast: train features")
         fva, yva = cached_features(method, val, device, cache.dir, cache.key("val"), 256, "linear_fast: val features")
         n, dim = ftr.shape

@@ -16,20 +16,26 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from harness.config import P
+from harness.config import P, each, integer, number, one_of, optional
+from harness.metrics import Metric
 from harness.data.loading import EpochSampler, SeededTransformDataset
 from harness.data.subsets import balanced_subset, select_listed, simclr_subset
 from harness.data.transforms import crop_flip_transform, eval_transform
 from harness.errors import UsageError
-from harness.optim import LARS, step_decay, warmup_cosine
+from harness.optim import LR_SCALINGS, build_optimizer, lr_schedule, scale_lr
 from harness.progress import progress
 from harness.seeding import derive_seed
-from evals.base import Evaluator
+from evals.base import Evaluator, top1, top5
 from evals.features import extract, topk_correct
 
 SIMCLR = "google-research/simclr README, semi-supervised fine-tuning command"
 SIMCLR_V2 = "Chen, Kornblith, Swersky, Norouzi & Hinton, Big Self-Supervised Models (SimCLR v2), NeurIPS 2020"
 MMSELFSUP = "open-mmlab/mmselfsup configs/benchmarks/classification/imagenet (imagenet_1percent / 10percent)"
+
+
+def _folder_name(key, value):
+    if not isinstance(value, str):
+        raise UsageError(f"{key}={value!r}: expected a folder path holding 1percent.txt / 10percent.txt")
 
 
 class SemiSupervised(Evaluator):
@@ -39,7 +45,25 @@ class SemiSupervised(Evaluator):
     source = SIMCLR_V2
     default_preset = "simclr_v2"
     # top1 / top5 are the first fraction's (1 %); the 10 % top-1 gets a column of its own.
-    headline = ("top1", "top5", "pct10_top1")
+    metrics = (top1("val top-1 fine-tuned on the first fraction of the labels (1 %)"),
+               top5("val top-5 fine-tuned on the first fraction of the labels (1 %)"),
+               Metric("pct10_top1", "higher", "%", "val top-1 fine-tuned on 10 % of the labels"))
+    headline = "top1"
+    rules = {
+        "fractions": each(number(0, 100, lo_open=True)), "epochs": each(integer(0)), "batch_size": integer(1),
+        "optimizer": one_of("sgd", "lars"), "lr": number(0), "lr_scaling": one_of(*LR_SCALINGS),
+        "head_lr_mult": number(0), "momentum": number(0), "weight_decay": number(0),
+        "schedule": one_of("cosine", "step"), "milestones": each(number(0)), "gamma": number(0),
+        "zero_init_head": one_of(True, False), "crop_scale_min": number(0, 1, lo_open=True),
+        "flip": one_of(True, False), "subset_dir": optional(_folder_name),
+    }
+
+    @classmethod
+    def check_config(cls, cfg):
+        super().check_config(cfg)
+        fractions, epochs = cfg["eval.semi_supervised.fractions"], cfg["eval.semi_supervised.epochs"]
+        if len(fractions) != len(epochs):
+            raise UsageError(f"eval.semi_supervised.epochs={epochs}: expected one entry per fraction {fractions}")
     presets = {
         "simclr_v2": {
             "fractions": P([1, 10], f"{SIMCLR_V2}: 1% and 10% of ImageNet labels"),
@@ -57,7 +81,7 @@ class SemiSupervised(Evaluator):
             "zero_init_head": P(True, f"{SIMCLR}: --zero_init_logits_layer=True"),
             "crop_scale_min": P(0.08, f"{SIMCLR}: random crop and flip only"),
             "flip": P(True, SIMCLR),
-            "subset_dir": P(None, "harness: a folder holding 1percent.txt / 10percent.txt; None = download (ImageNet)"),
+            "subset_dir": P(None, "harness: a folder holding 1percent.txt / 10percent.txt; None = the copy shipped with the package (ImageNet)"),
         },
         "mmselfsup": {
             "fractions": P([1, 10], MMSELFSUP),
@@ -77,7 +101,7 @@ class SemiSupervised(Evaluator):
             "zero_init_head": P(False, MMSELFSUP),
             "crop_scale_min": P(0.08, f"{MMSELFSUP}: RandomResizedCrop + flip"),
             "flip": P(True, MMSELFSUP),
-            "subset_dir": P(None, "harness: a folder holding 1percent.txt / 10percent.txt; None = download (ImageNet)"),
+            "subset_dir": P(None, "harness: a folder holding 1percent.txt / 10percent.txt; None = the copy shipped with the package (ImageNet)"),
         },
     }
 
@@ -124,32 +148,18 @@ class SemiSupervised(Evaluator):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         bs = int(p["batch_size"])
-        scale = {"none": 1.0, "linear": bs / 256, "sqrt": math.sqrt(bs)}.get(p["lr_scaling"])
-        if scale is None:
-            raise UsageError(f"eval.semi_supervised.lr_scaling={p['lr_scaling']!r}: expected none, linear or sqrt")
-        lr = float(p["lr"]) * scale
+        lr = scale_lr(p["lr"], bs, p["lr_scaling"])
         groups = [{"params": [q for q in model.parameters() if q.requires_grad], "lr_scale": 1.0},
                   {"params": list(head.parameters()), "lr_scale": float(p["head_lr_mult"])}]
         for g in groups:
             g["lr"] = lr * g["lr_scale"]
-        wd, mom = float(p["weight_decay"]), float(p["momentum"])
-        if p["optimizer"] == "sgd":
-            opt = torch.optim.SGD(groups, lr=lr, momentum=mom, weight_decay=wd)
-        elif p["optimizer"] == "lars":
-            opt = LARS(groups, lr=lr, momentum=mom, weight_decay=wd)
-        else:
-            raise UsageError(f"eval.semi_supervised.optimizer={p['optimizer']!r}: expected sgd or lars")
+        opt = build_optimizer(groups, {**p, "lr": lr})
 
         size = int(self.cfg["data.image_size"])
         data = SeededTransformDataset(train, crop_flip_transform(size, float(p["crop_scale_min"]), bool(p["flip"])), seed, indices=picked)
         steps_per_epoch = max(math.ceil(len(data) / bs), 1)
         total = n_epochs * steps_per_epoch
-        if p["schedule"] == "cosine":
-            schedule = warmup_cosine(lr, total)
-        elif p["schedule"] == "step":
-            schedule = step_decay(lr, total, [int(m) * steps_per_epoch for m in p["milestones"]], float(p["gamma"]))
-        else:
-            raise UsageError(f"eval.semi_supervised.schedule={p['schedule']!r}: expected cosine or step")
+        schedule = lr_schedule({**p, "lr": lr, "epochs": n_epochs, "decay_epochs": p["milestones"]}, steps_per_epoch)
         model.train()
         step = 0
         bar = progress(total=total, desc=f"fine-tune {label}", unit="step")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-LAST = "last.pt"
+from harness.rundir import LAST_CHECKPOINT as LAST  # the run folder owns its file names
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -36,6 +36,11 @@ def load(path: Path, map_location="cpu"):
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
+def last_path(ckpt_dir: Path) -> Path:
+    """Where the latest checkpoint of ``ckpt_dir`` is written."""
+    return Path(ckpt_dir) / LAST
+
+
 def latest(ckpt_dir: Path) -> Path | None:
-    p = Path(ckpt_dir) / LAST
+    p = last_path(ckpt_dir)
     return p if p.exists() else None

@@ -89,8 +89,10 @@ def _launch_options(args):
 
 
 def _print_results(results: dict) -> None:
+    from harness.metrics import Declaration
+
     for name, m in (results or {}).items():
-        print(f"[harness] {name}: top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%")
+        print(f"[harness] {name}: {Declaration.of(registry.evals.get(name)).summary(m)}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -145,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     arch.add_argument("--seeds", default="1,2,3", help="comma list of seeds (default 1,2,3)")
     arch.add_argument("--suite", default="digits")
     arch.add_argument("--eval", default="linear", dest="evals", help="evals to run; the first is compared (default linear)")
-    arch.add_argument("--metric", default="top1", help="metric of that eval (default top1)")
+    arch.add_argument("--metric", help="metric of that eval (default: its declared headline)")
     arch.add_argument("--epochs", type=int)
     arch.add_argument("--tracking-uri")
     arch.add_argument("--report-dir", help="where the report goes (default runs/studies/<study id>)")
@@ -237,10 +239,11 @@ def cmd_sweep(args, argv: list[str]) -> int:
 def cmd_study(args, argv: list[str]) -> int:
     from harness.config import parse_override
     from harness.study import run_arch_study
+    from leaderboard.study_report import write_report  # the console entry point wires the layers
 
     overrides = dict(parse_override(o) for o in args.overrides)
     run_arch_study(_csv(args.methods), _csv(args.backbones), _csv(args.widths, float), _csv(args.seeds, int),
-                   suite=args.suite, evals=args.evals, epochs=args.epochs, overrides=overrides,
+                   write_report=write_report, suite=args.suite, evals=args.evals, epochs=args.epochs, overrides=overrides,
                    tracking_uri=args.tracking_uri, opts=_launch_options(args), out_dir=args.report_dir,
                    metric=args.metric, argv=argv)
     return 0

@@ -28,8 +28,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import tags
 from harness.errors import RunFailed, RunsFailed, UsageError
-from harness.pipeline import RunRequest, build_config, default_output_dir, execute
+from harness.pipeline import RunRequest, build_config, default_output_dir, execute, run_folder
+from harness.rundir import PRETRAIN, eval_stage
 
 LAUNCHERS = ("inprocess", "local", "slurm")
 DEFAULT_JOBS_DIR = Path("runs") / "jobs"
@@ -185,34 +187,27 @@ class _Snapshot:
             self.ctx.__exit__(*exc)
 
 
-def _absolute(req: RunRequest) -> tuple[RunRequest, object]:
+def _absolute(req: RunRequest) -> tuple[RunRequest, object, list[str]]:
     """The request with everything a job on another node (and another working directory:
     the snapshot) must not re-resolve: output directory and tracking URI. Validates the
     request on the way, so bad input fails here, before anything is submitted."""
     from harness.tracking import Tracker, default_tracking_uri
 
-    cfg = build_config(req)[0]
+    cfg, _, _, evals = build_config(req)
     out = Path(req.output_dir).resolve() if req.output_dir else default_output_dir(req, cfg)
     uri = req.tracking_uri or default_tracking_uri()
     # Reachable, and its schema and experiment created now: jobs starting together on a
     # fresh SQLite store would otherwise race each other through MLflow's migrations.
     Tracker(uri)
     return dataclasses.replace(req, output_dir=str(out), tracking_uri=uri, seed=int(cfg["seed"]),
-                               backbone=cfg["backbone.name"]), cfg
+                               backbone=cfg["backbone.name"]), cfg, evals
 
 
-def _pending_stages(req: RunRequest, cfg) -> list[str]:
-    """Stages whose output for this config hash is not on disk yet."""
-    from harness.pipeline import eval_names
-    from harness import registry
-
-    out = Path(req.output_dir)
-    saved = out / "config.json"
-    if saved.exists() and json.loads(saved.read_text())["config_hash"] != cfg.hash:
-        raise UsageError(f"{out} holds a run with a different config; choose another --output-dir")
-    evals = eval_names(req.evals, registry.suites.get(req.suite))
-    stages = [] if (out / "pretrain" / "method.pt").exists() else ["pretrain"]
-    return stages + [f"eval:{e}" for e in evals if not (out / "evals" / e / "metrics.json").exists()]
+def _pending_stages(req: RunRequest, cfg, evals: list[str]) -> list[str]:
+    """Stages whose output for this config hash is not in the run folder yet."""
+    folder = run_folder(req, cfg)
+    folder.check_config(cfg.hash)
+    return folder.pending([PRETRAIN, *(eval_stage(e) for e in evals)])
 
 
 def _record(opts: LaunchOptions, job, req: RunRequest, stage: str, sweep_id: str | None = None) -> None:
@@ -228,13 +223,13 @@ def _record(opts: LaunchOptions, job, req: RunRequest, stage: str, sweep_id: str
 def submit_run(req: RunRequest, opts: LaunchOptions, log=print) -> list:
     """Submit one run; returns the submitit jobs (empty when every stage is already done)."""
     opts.validate()
-    req, cfg = _absolute(req)
-    stages = _pending_stages(req, cfg)
+    req, cfg, evals = _absolute(req)
+    stages = _pending_stages(req, cfg, evals)
     if not stages:
         log(f"[harness] every stage of {req.output_dir} is already finished (config {cfg.hash[:8]}): nothing to submit")
         return []
     folder = opts.jobs_dir.resolve()
-    req = dataclasses.replace(req, tags={**req.tags, "harness.launcher": opts.launcher})
+    req = dataclasses.replace(req, tags={**req.tags, tags.LAUNCHER: opts.launcher})
     name = f"harness-{req.method}-s{cfg['seed']}"
     jobs = []
     with _Snapshot(opts, folder, log):
@@ -245,10 +240,10 @@ def submit_run(req: RunRequest, opts: LaunchOptions, log=print) -> list:
             jobs.append((job, ",".join(stages)))
         else:
             after = None
-            if stages[0] == "pretrain":
-                after = ex.submit(HarnessJob(dataclasses.replace(req, stages=("pretrain",))))
-                jobs.append((after, "pretrain"))
-            evals = [s for s in stages if s != "pretrain"]
+            if stages[0] == PRETRAIN:
+                after = ex.submit(HarnessJob(dataclasses.replace(req, stages=(PRETRAIN,))))
+                jobs.append((after, PRETRAIN))
+            evals = [s for s in stages if s != PRETRAIN]
             if evals:
                 # Evals hold one process each (no DDP): ask for one task and at most one GPU.
                 ex.update_parameters(nodes=1, tasks_per_node=1, gpus_per_node=min(opts.gpus_per_node, 1),
@@ -280,8 +275,8 @@ def submit_sweep(reqs: list[RunRequest], opts: LaunchOptions, log=print,
     output directories)."""
     opts.validate()
     sweep_id = sweep_id or new_id()
-    prepared = [_absolute(dataclasses.replace(r, tags={**r.tags, "harness.sweep_id": sweep_id,
-                                                        "harness.launcher": opts.launcher}))[0] for r in reqs]
+    prepared = [_absolute(dataclasses.replace(r, tags={**r.tags, tags.SWEEP_ID: sweep_id,
+                                                        tags.LAUNCHER: opts.launcher}))[0] for r in reqs]
     dirs = [r.output_dir for r in prepared]
     if len(set(dirs)) != len(dirs):
         raise UsageError("two runs of the sweep resolve to the same output directory; vary seeds, methods or backbones")

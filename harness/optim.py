@@ -36,17 +36,19 @@ SCHEDULES = ("cosine", "step")
 
 
 def lr_schedule(train: dict, steps_per_epoch: int) -> np.ndarray:
-    """The per-step learning rate of a ``train`` config section: linear warmup, then cosine
-    decay (``train.schedule=cosine``) or x0.1 at each of ``train.decay_epochs`` (``step``,
-    the Revisiting SSL schedule)."""
+    """The per-step learning rate of a ``train`` config section (or an eval's section in the
+    same words): linear warmup over ``warmup_epochs`` (default 0), then cosine decay to
+    ``min_lr_ratio`` x lr (``schedule=cosine``) or x``gamma`` (default 0.1) at each of
+    ``decay_epochs`` (``step``: the Revisiting SSL schedule, MoCo's linear probe)."""
     total = int(train["epochs"]) * steps_per_epoch
     base = float(train["lr"])
-    warmup = min(int(round(float(train["warmup_epochs"]) * steps_per_epoch)), max(total, 1))
+    warmup = min(int(round(float(train.get("warmup_epochs", 0)) * steps_per_epoch)), max(total, 1))
     kind = train.get("schedule", "cosine")
     if kind == "cosine":
-        return warmup_cosine(base, total, warmup, base * float(train["min_lr_ratio"]))
+        return warmup_cosine(base, total, warmup, base * float(train.get("min_lr_ratio", 0.0)))
     if kind == "step":
-        sched = step_decay(base, total, [int(e * steps_per_epoch) for e in train.get("decay_epochs") or []])
+        sched = step_decay(base, total, [int(e * steps_per_epoch) for e in train.get("decay_epochs") or []],
+                           float(train.get("gamma", 0.1)))
         sched[:warmup] = np.linspace(0.0, base, warmup, endpoint=False)
         return sched
     raise UsageError(f"train.schedule={kind!r}: expected one of {', '.join(SCHEDULES)}")
@@ -86,18 +88,35 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-OPTIMIZERS = ("sgd", "lars", "adamw")
+OPTIMIZERS = ("sgd", "nesterov", "lars", "adamw")
+LR_SCALINGS = ("none", "linear", "sqrt")
+
+
+def scale_lr(lr: float, batch_size: int, rule: str) -> float:
+    """``lr`` for ``batch_size`` under a published scaling rule: ``none``; ``linear``
+    (lr x batch/256, Goyal et al. 2017); ``sqrt`` (lr x sqrt(batch), SimCLR's
+    --learning_rate_scaling=sqrt)."""
+    if rule == "none":
+        return float(lr)
+    if rule == "linear":
+        return float(lr) * (batch_size / 256)
+    if rule == "sqrt":
+        return float(lr) * math.sqrt(batch_size)
+    raise UsageError(f"lr scaling {rule!r}: expected one of {', '.join(LR_SCALINGS)}")
 
 
 def build_optimizer(params, train: dict) -> torch.optim.Optimizer:
+    """The optimizer of a ``train`` config section (or an eval's section in the same words):
+    ``sgd`` (Nesterov when ``nesterov`` is set), ``nesterov``, ``lars`` or ``adamw``."""
     name = str(train["optimizer"]).lower()
-    if name == "sgd":
+    if name in ("sgd", "nesterov"):
         return torch.optim.SGD(
             params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"],
-            nesterov=bool(train["nesterov"]) and train["momentum"] > 0,
+            nesterov=(name == "nesterov" or bool(train.get("nesterov", False))) and train["momentum"] > 0,
         )
     if name == "lars":
-        return LARS(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"], eta=train["lars_eta"])
+        return LARS(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"],
+                    eta=train.get("lars_eta", 0.001))
     if name == "adamw":
         return torch.optim.AdamW(params, lr=train["lr"], betas=tuple(train["betas"]), weight_decay=train["weight_decay"])
     raise UsageError(f"train.optimizer={name!r}: expected one of {', '.join(OPTIMIZERS)}")

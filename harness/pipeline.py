@@ -1,27 +1,25 @@
-"""One run: resolve config -> pretrain (resumable) -> each eval (cached) -> tracking.
+"""One run: resolve and check the config -> pretrain (resumable) -> each eval (cached) -> tracking.
 
-A stage is a pure function of its config and inputs, and leaves its result in the run's
-output directory: re-running the same command resumes pretraining from the last
-checkpoint and skips every eval that already finished.
+Everything the user can get wrong is checked in ``build_config``, before a run folder or an
+MLflow run exists. A stage is a pure function of its config and inputs and leaves its result
+in the run folder (``harness.rundir``): re-running the same command resumes pretraining from
+the last checkpoint and skips every eval that already finished.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from harness import checkpoint, provenance, registry
-from harness.config import Config, resolve
+from harness import registry, stages, tags
+from harness.config import HARNESS_RULES, Config, check, method_layers, resolve
+from harness.context import RunContext, deterministic, identity_tags, pick_device
+from harness.data.base import describe_data
 from harness.errors import UsageError
-from harness.plots import loss_curve, reconstruction_grid
-from harness.seeding import derive_seed, seed_everything
-from harness.tracking import Tracker
-from methods.base import recipe_layers
+from harness.metrics import Declaration
+from harness.rundir import PRETRAIN, RunFolder, eval_stage
 
 
 @dataclass
@@ -41,26 +39,39 @@ class RunRequest:
     stages: tuple[str, ...] | None = None
     # Tags added to every tracked run (launcher, sweep id): provenance, not configuration.
     tags: dict = field(default_factory=dict)
+    # False: nothing goes to MLflow (tuning sweeps, bench/sweep.py); the run folder is the same.
+    track: bool = True
 
 
 def default_output_dir(req: RunRequest, cfg: Config) -> Path:
     return (Path("runs") / f"{req.method}-{cfg['backbone.name']}-{req.suite}-s{cfg['seed']}-{cfg.hash[:8]}").resolve()
 
 
+def run_folder(req: RunRequest, cfg: Config) -> RunFolder:
+    return RunFolder(req.output_dir if req.output_dir else default_output_dir(req, cfg))
+
+
 def eval_names(spec: str, suite_cls) -> list[str]:
+    """The evals ``spec`` names ('all': every registered eval whose data the suite provides)."""
     known = registry.evals.names()
+    provided = tuple(getattr(suite_cls, "provides", ()))
+    missing = {n: [k for k in registry.evals.get(n).needs if k not in provided] for n in known}
     if spec.strip() == "all":
-        return [e for e in known if e in suite_cls.supported_evals]
+        return [e for e in known if not missing[e]]
     names = [s.strip() for s in spec.split(",") if s.strip()]
     for n in names:
         if n not in known:
             raise UsageError(f"unknown eval '{n}'; known evals: {', '.join(known)} (or 'all')")
-        if n not in suite_cls.supported_evals:
-            raise UsageError(f"suite '{suite_cls.name}' does not support eval '{n}'; it supports: {', '.join(suite_cls.supported_evals)}")
+        if missing[n]:
+            offers = ", ".join(describe_data(k) for k in provided) or "nothing"
+            raise UsageError(f"eval '{n}' needs {', '.join(describe_data(k) for k in missing[n])}, which suite "
+                             f"'{suite_cls.name}' does not provide (it provides: {offers})")
     return names
 
 
 def build_config(req: RunRequest) -> tuple[Config, type, type, list[str]]:
+    """The resolved config, the method and suite classes and the evals to run; every value
+    checked, so nothing past this point fails on what the user typed."""
     method_cls = registry.methods.get(req.method)
     suite_cls = registry.suites.get(req.suite)
     evals = eval_names(req.evals, suite_cls)
@@ -71,7 +82,7 @@ def build_config(req: RunRequest) -> tuple[Config, type, type, list[str]]:
     overrides["method.name"] = req.method
     overrides["suite.name"] = req.suite
     recipe = overrides.get("method.recipe", "default")
-    method_layers = recipe_layers(method_cls, recipe, req.suite)
+    layers_of_method = method_layers(method_cls, recipe, req.suite)
     layers = []
     # Every registered eval contributes its keys (so overrides of any eval are checked);
     # a preset chosen by the suite or the user selects which published values apply.
@@ -79,37 +90,30 @@ def build_config(req: RunRequest) -> tuple[Config, type, type, list[str]]:
         ev = registry.evals.get(name)
         chosen = overrides.get(f"eval.{name}.preset") or suite_cls.profile.get(f"eval.{name}.preset")
         layers.append((f"{name} eval preset", ev.config_layer(chosen)))
-    layers += method_layers[:1]
+    layers += layers_of_method[:1]
     layers.append((f"suite '{req.suite}' profile", suite_cls.profile))
-    layers += method_layers[1:]
+    layers += layers_of_method[1:]
     cfg = resolve(layers, overrides)
-    for key in ("train.epochs", "train.batch_size", "data.image_size"):
-        if cfg[key] < (0 if key == "train.epochs" else 1):
-            raise UsageError(f"{key}={cfg[key]}: expected a {'non-negative' if key == 'train.epochs' else 'positive'} integer")
-    if req.backbone is not None:
-        registry.backbones.get(req.backbone)  # an unknown name fails here, before any work
+    check(cfg, HARNESS_RULES)
+    for name in evals:
+        ev_cls = registry.evals.get(name)
+        Declaration.of(ev_cls)  # an eval without metric declarations fails now, not after pretraining
+        ev_cls.check_config(cfg)
+    _check_method(method_cls, cfg)
     return cfg, method_cls, suite_cls, evals
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path, default=None):
-    return json.loads(path.read_text()) if path.exists() else default
-
-
-def pick_device(cfg: Config) -> torch.device:
-    want = cfg["device"]
-    if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device={want} but no CUDA device is visible; use device=cpu")
-    return torch.device(want)
+def _check_method(method_cls, cfg: Config) -> None:
+    """Builds the method once, off the record (its random draws do not touch the run's
+    generators), so a backbone option or read-out layer the method cannot take fails here."""
+    with torch.random.fork_rng(devices=[]):
+        try:
+            method_cls(cfg).num_features
+        except UsageError:
+            raise
+        except Exception as e:  # a config the method's constructor cannot build
+            raise UsageError(f"method '{cfg['method.name']}' cannot be built with this config: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def rerun_args(req: RunRequest, cfg: Config, out_dir: Path, evals: list[str]) -> list[str]:
@@ -120,213 +124,87 @@ def rerun_args(req: RunRequest, cfg: Config, out_dir: Path, evals: list[str]) ->
     return args + [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(req.overrides.items()) if k not in skip]
 
 
-def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
+def _prepare_suite(suite_cls, cfg: Config, main: bool, log):
+    """The suite with its data on disk; rank 0 makes it, the other processes then read it."""
     from harness import ddp
 
-    cfg, method_cls, suite_cls, evals = build_config(req)
-    seed = int(cfg["seed"])
-    main = ddp.is_main()
-    stages = req.stages or ("pretrain", *(f"eval:{e}" for e in evals))
-    run_evals = [e for e in evals if f"eval:{e}" in stages]
-    if not main:
-        log = lambda *a, **k: None  # noqa: E731  only rank 0 speaks and tracks
-    # Data first: a missing dataset fails before anything is written or tracked.
     suite = suite_cls(root=cfg["suite.root"], image_size=cfg["data.image_size"])
     suite.train_subset = int(cfg["data.train_subset"])
-    log(f"[harness] suite '{req.suite}': preparing data")
+    log(f"[harness] suite '{cfg['suite.name']}': preparing data")
     if main:
         suite.prepare()
-    ddp.barrier()  # the other processes read what rank 0 generated
+    ddp.barrier()
     if not main:
         suite.prepare()
-    data_hash = suite.content_hash()
-    out_dir = Path(req.output_dir).resolve() if req.output_dir else default_output_dir(req, cfg)
+    return suite
+
+
+def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
+    from harness import ddp
+    from harness.tracking import NullTracker, Tracker, check_reachable, default_tracking_uri
+
+    cfg, method_cls, suite_cls, evals = build_config(req)
+    main = ddp.is_main()
+    wanted = req.stages or (PRETRAIN, *(eval_stage(e) for e in evals))
+    run_evals = [e for e in evals if eval_stage(e) in wanted]
     if not main:
-        _pretrain(cfg, method_cls, suite, out_dir, pick_device(cfg), _deterministic(cfg), None, None, log)
+        log = lambda *a, **k: None  # noqa: E731  only rank 0 speaks and tracks
+    device, det = pick_device(cfg), deterministic(cfg)
+    uri = req.tracking_uri or default_tracking_uri()
+    if main and req.track:
+        check_reachable(uri)  # an unreachable server fails here, before any output
+    # Data first: a missing dataset fails before anything is written or tracked.
+    suite = _prepare_suite(suite_cls, cfg, main, log)
+    folder = run_folder(req, cfg)
+    folder.check_config(cfg.hash)
+    ctx = RunContext(cfg=cfg, method_cls=method_cls, suite=suite, folder=folder, tracker=NullTracker(), device=device,
+                     deterministic=det, log=log, main=main)
+    if not main:
+        stages.pretrain(ctx)
         return {}
-    tracker = Tracker(req.tracking_uri)  # an unreachable server fails here, before any output
-    tracker.spill_path = out_dir / "unsent_metrics.jsonl"
-    saved = _read_json(out_dir / "config.json")
-    if saved and saved["config_hash"] != cfg.hash:
-        raise UsageError(f"{out_dir} holds a run with a different config (hash {saved['config_hash'][:8]}, this one {cfg.hash[:8]}); choose another --output-dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "config.json", cfg.to_dict())
-    (out_dir / "config.yaml").write_text(cfg.to_yaml())
-
-    device = pick_device(cfg)
-    deterministic = _deterministic(cfg)
-    commit, dirty = provenance.git_state()
-    state = _read_json(out_dir / "state.json", {})
-    world = ddp.world_size()
-    identity = {
-        "harness.method": req.method, "harness.recipe": cfg["method.recipe"], "harness.backbone": cfg["backbone.name"],
-        "harness.width": cfg["backbone.width"], "harness.suite": req.suite, "harness.seed": seed,
-        "harness.epochs": cfg["train.epochs"], "harness.config_hash": cfg.hash,
-        "harness.command": provenance.rerun_command(rerun_args(req, cfg, out_dir, evals)),
-        "harness.invocation": provenance.rerun_command(req.argv) if req.argv else "",
-        "harness.git_commit": commit, "harness.git_dirty": dirty, "harness.dataset_hash": data_hash,
-        "harness.device": provenance.device_description(device), "harness.deterministic": deterministic,
-        "harness.versions": json.dumps(provenance.package_versions(), sort_keys=True),
-        "harness.slurm_job_id": provenance.slurm_job_id(), "harness.output_dir": str(out_dir),
-        "harness.code_dir": provenance.code_dir(),
-        # train.lr is given for the global batch; it is split over the processes, never rescaled.
-        "harness.world_size": world, "harness.global_batch": cfg["train.batch_size"],
-        "harness.per_process_batch": int(cfg["train.batch_size"]) // world,
-        "harness.lr_scaling": "none: train.lr is for the global batch train.batch_size, split over the processes",
-        **{k: str(v) for k, v in req.tags.items()},
-    }
-    final_path = out_dir / "pretrain" / "method.pt"
-    if not tracker.run_exists(state.get("parent_run_id")):
-        state = {"parent_run_id": tracker.create_run(
-            f"{req.method}/{cfg['backbone.name']}/{req.suite}/s{seed}", {**identity, "harness.stage": "pretrain"}, cfg.values)}
-        _write_json(out_dir / "state.json", state)
-        if final_path.exists():
-            # Finished before, tracked elsewhere (another store, a deleted run): the new run
-            # gets the loss curve from disk, so no tracked run is missing its metrics.
-            history = checkpoint.load(final_path)["history"].tolist()
-            tracker.log_metrics(state["parent_run_id"], [(i + 1, {"train/loss": v}) for i, v in enumerate(history)])
-    parent = state["parent_run_id"]
-    if tracker.resend_spilled():
-        log("[harness] sent the metrics an earlier run of this directory could not send")
-    if "pretrain" in stages:
-        # A resumed (requeued, re-submitted) pretraining records where it runs now; an eval
-        # stage leaves the parent's tags alone (its own run has its job id).
-        tracker.set_tags(parent, {"harness.slurm_job_id": identity["harness.slurm_job_id"], "harness.world_size": world,
-                                  "harness.per_process_batch": identity["harness.per_process_batch"],
-                                  **{k: str(v) for k, v in req.tags.items()}})
-    log(f"[harness] output: {out_dir}\n[harness] mlflow run {parent} at {tracker.uri}")
-
-    with tracker.running(parent):
-        if "pretrain" in stages or not final_path.exists():
-            method = _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, parent, log)
-        else:
-            method = method_cls(cfg).to(device)
-        results = {}
-        if run_evals:
-            final_state = checkpoint.load(final_path)
-            for name in run_evals:
-                results[name] = _evaluate(name, cfg, method, final_state, suite, out_dir, device, deterministic,
-                                          tracker, parent, identity, log)
-    _write_results(out_dir, evals, cfg)
+    # An eval stage whose pretraining is missing pretrains first, so it holds that stage too.
+    held = [*wanted, *([PRETRAIN] if PRETRAIN not in wanted and not folder.stage_done(PRETRAIN) else [])]
+    command = " ".join(["harness", *req.argv]) if req.argv else f"harness run --method {req.method}"
+    # A second identical command stops here (exit 2, naming the holder), before it writes or tracks.
+    with folder.lock_stages(held, command):
+        if req.track:
+            ctx.tracker = Tracker(uri)
+        ctx.tracker.spill_path = folder.unsent_metrics
+        folder.write_config(cfg)
+        ctx.identity = identity_tags(cfg, method=req.method, suite=req.suite, folder=folder, device=device,
+                                     deterministic=det, data_hash=suite.content_hash(),
+                                     command=rerun_args(req, cfg, folder.root, evals), invocation=req.argv,
+                                     extra=req.tags)
+        results = _run_stages(ctx, req, wanted, run_evals)
+        written = folder.write_results(evals, cfg.hash)
     for name, m in results.items():
-        log(f"[harness] {req.method} {name} ({cfg[f'eval.{name}.preset']}): top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%")
+        decl = Declaration.from_json(json.dumps(written["declarations"][name])) or Declaration.of(registry.evals.get(name))
+        log(f"[harness] {req.method} {name} ({cfg[f'eval.{name}.preset']}): {decl.summary(m)}")
     return results
 
 
-def _deterministic(cfg: Config) -> bool:
-    det = cfg["train.deterministic"]
-    return pick_device(cfg).type == "cpu" if det is None else bool(det)
-
-
-def _write_results(out_dir: Path, evals: list[str], cfg: Config) -> None:
-    """results.json from every finished stage on disk, so stages run as separate jobs add up
-    to the same file as one job running them all."""
+def _run_stages(ctx: RunContext, req: RunRequest, wanted, run_evals: list[str]) -> dict:
+    cfg, folder, tracker = ctx.cfg, ctx.folder, ctx.tracker
+    ctx.parent = stages.ensure_parent_run(ctx, f"{req.method}/{cfg['backbone.name']}/{req.suite}/s{ctx.seed}")
+    if tracker.resend_spilled():
+        ctx.log("[harness] sent the metrics an earlier run of this directory could not send")
+    if PRETRAIN in wanted:
+        # A resumed (requeued, re-submitted) pretraining records where it runs now; an eval
+        # stage leaves the parent's tags alone (its own run has its job id).
+        tracker.set_tags(ctx.parent, {k: ctx.identity[k] for k in (tags.SLURM_JOB_ID, tags.WORLD_SIZE,
+                                                                   tags.PER_PROCESS_BATCH)}
+                         | {k: str(v) for k, v in req.tags.items()})
+    ctx.log(f"[harness] output: {folder.root}\n[harness] mlflow run {ctx.parent} at {tracker.uri}")
     results = {}
-    for name in evals:
-        done = _read_json(out_dir / "evals" / name / "metrics.json")
-        if done is not None:
-            results[name] = done["metrics"]
-    final = out_dir / "pretrain" / "method.pt"
-    history = checkpoint.load(final)["history"].tolist() if final.exists() else []
-    _write_json(out_dir / "results.json", {"results": results, "pretrain_loss": history, "config_hash": cfg.hash})
+    with tracker.running(ctx.parent):
+        if PRETRAIN in wanted or not folder.stage_done(PRETRAIN):
+            method = stages.pretrain(ctx)
+        else:
+            method = ctx.method_cls(cfg).to(ctx.device)  # the evals load the final weights into it
+        if run_evals:
+            from harness import checkpoint
 
-
-def _pretrain(cfg, method_cls, suite, out_dir, device, deterministic, tracker, parent, log):
-    """Pretrain (or resume, or reuse the finished result); returns the method on ``device``."""
-    from harness.data.loading import SeededTransformDataset
-    from harness.trainer import CheckpointHook, MetricsHook, ProgressHook, Trainer
-
-    seed = int(cfg["seed"])
-    seed_everything(seed, deterministic)
-    method = method_cls(cfg)
-    method.num_features  # an unreadable backbone.probe_layer fails now, not after pretraining
-    ckpt_dir = out_dir / "checkpoints"
-    final = out_dir / "pretrain" / "method.pt"
-    if final.exists():
-        log("[harness] pretraining already finished: using its final weights")
-        return method.to(device)
-    dataset = SeededTransformDataset(suite.pretrain_split() if method.uses_unlabeled else suite.split("train"), method.train_transform(), derive_seed(seed, 0),
-                                     with_index=method.needs_index)
-    # Every process checkpoints (saving gathers their RNG states); only rank 0 shows and tracks.
-    hooks = [CheckpointHook(cfg["train.checkpoint_every"])]
-    if tracker is not None:
-        hooks = [ProgressHook(f"pretrain {cfg['method.name']}"), *hooks,
-                 MetricsHook(lambda rows: tracker.log_metrics(parent, rows), cfg["train.log_every"])]
-    trainer = Trainer(method, dataset, cfg.section("train"), seed, ckpt_dir, device, hooks=hooks,
-                      num_workers=int(cfg["data.num_workers"]))
-    if checkpoint.latest(ckpt_dir):
-        log(f"[harness] resuming pretraining from {checkpoint.latest(ckpt_dir)}")
-    trainer.fit()
-    if tracker is None:
-        return method
-    if trainer.resumed_from is not None:
-        tracker.set_tags(parent, {"harness.resumed_from_step": trainer.resumed_from})
-    backbone_path = out_dir / "pretrain" / "backbone.pt"
-    checkpoint.save_atomic(method.backbone.state_dict(), backbone_path)
-    tracker.log_artifact(parent, out_dir / "config.yaml")
-    tracker.log_artifact(parent, backbone_path)
-    if trainer.history:
-        curve = loss_curve(trainer.history, out_dir / "pretrain" / "loss.png",
-                           f"{cfg['method.name']} / {cfg['backbone.name']} / {cfg['suite.name']}, seed {seed}",
-                           trainer.steps_per_epoch)
-        tracker.log_artifact(parent, curve)
-    if hasattr(method, "reconstruct"):
-        grid = _reconstruction_grid(method, dataset, device, out_dir / "pretrain" / "reconstructions.png")
-        tracker.log_artifact(parent, grid)
-    # Written last: its existence marks the stage finished, so a kill before it redoes the
-    # (idempotent) steps above rather than skipping them.
-    checkpoint.save_atomic({"method": method.state_dict(), "history": torch.tensor(trainer.history, dtype=torch.float64)}, final)
-    (ckpt_dir / checkpoint.LAST).unlink(missing_ok=True)  # the final weights supersede it
-    return method
-
-
-def _evaluate(name, cfg, method, final_state, suite, out_dir, device, deterministic, tracker, parent, identity, log):
-    """Run eval ``name`` once per run directory; a finished one is read back from disk."""
-    ev_cls = registry.evals.get(name)
-    ev = ev_cls(cfg)
-    metrics_path = out_dir / "evals" / name / "metrics.json"
-    cached = _read_json(metrics_path)
-    # The child run id lives beside the eval's output, not in a file shared by all evals:
-    # evals may run as concurrent jobs.
-    run_file = metrics_path.parent / "run.json"
-    child = (_read_json(run_file) or {}).get("run_id")
-    if not tracker.run_exists(child):
-        child = tracker.create_run(
-            f"{name}/{ev.preset}", {**identity, "harness.stage": "eval", "harness.eval": name,
-                                    "harness.protocol": ev_cls.protocol, "harness.preset": ev.preset},
-            cfg.section(f"eval.{name}"), parent_id=parent)
-        _write_json(run_file, {"run_id": child})
-        if cached is not None:  # finished before, tracked elsewhere: track the result here too
-            tracker.log_metrics(child, [(0, cached["metrics"])])
-            tracker.finish(child)
-    if cached is not None:
-        log(f"[harness] eval '{name}' already finished: cached")
-        return cached["metrics"]
-    # Fresh weights and a seed of the eval's own: no eval depends on which ran before it.
-    method.load_state_dict(final_state["method"])
-    method.to(device)
-    seed_everything(derive_seed(int(cfg["seed"]), 100, zlib.crc32(name.encode())), deterministic)
-    log(f"[harness] eval '{name}' (preset {ev.preset})")
-    with tracker.running(child):
-        metrics = ev.run(method, suite, device, metrics_path.parent)
-        tracker.log_metrics(child, [(0, metrics)])
-    _write_json(metrics_path, {"metrics": metrics, "protocol": ev_cls.protocol, "preset": ev.preset, "config_hash": cfg.hash})
-    return metrics
-
-
-@torch.no_grad()
-def _reconstruction_grid(method, dataset, device, path: Path, n: int = 8) -> Path:
-    """Input, target and prediction of the first ``n`` training samples: reconstruction
-    methods are judged by eye as much as by number."""
-    from torch.utils.data import default_collate
-
-    was = method.training
-    method.eval()
-    dataset.set_epoch(0)
-    # Spread over the dataset: image folders are sorted by class, the first n share one.
-    picks = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).long().tolist()
-    batch = default_collate([dataset[i] for i in picks])
-    batch = tuple(b.to(device) if torch.is_tensor(b) else [t.to(device) for t in b] for b in batch)
-    inputs, targets, preds = method.reconstruct(batch)
-    method.train(was)
-    return reconstruction_grid(inputs, targets, preds, path)
+            final_state = checkpoint.load(folder.final_weights)
+            for name in run_evals:
+                results[name] = stages.evaluate(ctx, name, method, final_state)
+    return results

@@ -54,6 +54,21 @@ class Registry:
         self._loaded[name] = obj
         return obj
 
+    def register(self, name: str, obj) -> None:
+        """Adds a plugin for this process (a notebook, a test) without packaging it; the same
+        rules as an entry point: a name already taken is an error."""
+        if name in self._entry_points() or name in self._loaded:
+            raise UsageError(f"{self.kind[:-1]} '{name}' is already registered; choose another name")
+        self._eps = {**self._eps, name: None}  # listed like an installed one, in name order
+        self._eps = dict(sorted(self._eps.items()))
+        self._loaded[name] = obj
+
+    def unregister(self, name: str) -> None:
+        """Removes a plugin added with ``register``."""
+        if name in (self._eps or {}) and self._eps[name] is None:
+            del self._eps[name]
+            self._loaded.pop(name, None)
+
     def describe(self, name: str) -> str:
         """One line: the plugin's ``description`` (or first docstring line) and its ``source``."""
         obj = self.get(name)

@@ -18,8 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from harness.errors import UsageError
-
-EXPERIMENT = "ssl-harness"
+from harness.tags import EXPERIMENT
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _PARAM_BATCH = 100
 
@@ -203,3 +202,44 @@ class Tracker:
                     logging.getLogger("harness").warning("tracking call failed after %d attempts: %s", attempts, e)
                     return None
                 time.sleep(delay * 2 ** i)
+
+
+class NullTracker:
+    """The tracker of a run that tracks nothing (other DDP ranks, untracked tuning sweeps):
+    the same calls, no store. Run ids it hands out exist only for the process's lifetime."""
+
+    uri = "(not tracked)"
+
+    def __init__(self):
+        self.spill_path: Path | None = None
+        self._runs: set[str] = set()
+
+    def create_run(self, name: str, tags: dict, params: dict | None = None, parent_id: str | None = None) -> str:
+        run_id = f"untracked-{len(self._runs)}"
+        self._runs.add(run_id)
+        return run_id
+
+    def run_exists(self, run_id: str | None) -> bool:
+        return run_id in self._runs
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        pass
+
+    def log_metrics(self, run_id: str, rows) -> None:
+        pass
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def resend_spilled(self) -> int:
+        return 0
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        return True
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        pass
+
+    @contextlib.contextmanager
+    def running(self, run_id: str):
+        yield

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from harness import checkpoint, ddp, preemption, seeding
+from harness import checkpoint, ddp, preemption, seeding, tags
 from harness.data.loading import EpochSampler, RankSliceSampler, SeededTransformDataset
 from harness.progress import progress
 from harness.optim import build_optimizer, lr_schedule, param_groups_no_decay, set_lr
@@ -95,7 +95,7 @@ class Trainer:
         if self.world > 1:
             state["rng_ranks"] = rngs
         if self.rank == 0:
-            checkpoint.save_atomic(state, self.ckpt_dir / checkpoint.LAST)
+            checkpoint.save_atomic(state, checkpoint.last_path(self.ckpt_dir))
         ddp.barrier()  # no process runs ahead of a checkpoint that may be the one it resumes from
 
     def maybe_resume(self) -> bool:
@@ -196,7 +196,7 @@ class Trainer:
 
 
 class CheckpointHook(HookBase):
-    """Writes ``last.pt`` every ``every`` steps and at the end of training."""
+    """Writes the latest checkpoint every ``every`` steps and at the end of training."""
 
     def __init__(self, every: int):
         self.every = max(int(every), 1)
@@ -236,7 +236,7 @@ class MetricsHook(HookBase):
         self.log_fn, self.every, self.buffer = log_fn, max(int(every), 1), []
 
     def after_step(self, trainer, logs):
-        self.buffer.append((trainer.step, {f"train/{k}": v for k, v in logs.items() if math.isfinite(v)}))
+        self.buffer.append((trainer.step, {f"{tags.TRAIN_PREFIX}{k}": v for k, v in logs.items() if math.isfinite(v)}))
         if trainer.step % self.every == 0:
             self.flush()
 

@@ -10,15 +10,18 @@ from urllib.parse import urlsplit, urlunsplit
 import jinja2
 import pandas as pd
 
+from harness import tags
+from harness.metrics import Metric
 from leaderboard.aggregate import (
     KEY_COLUMNS,
+    Column,
+    column_metrics,
     csv_frame,
     leaderboard_table,
     n_column,
     std_column,
-    value_labels,
 )
-from leaderboard.query import EXPERIMENT_NAME, eval_runs
+from leaderboard.query import EXPERIMENT_NAME, eval_runs, study_runs
 
 DECIMALS = 1
 
@@ -48,40 +51,78 @@ def _fmt(value: float) -> str:
     return f"{value:.{DECIMALS}f}"
 
 
+def _best(values: pd.Series, metric: Metric) -> float:
+    """The best displayed value of a column: comparing rounded values keeps ties bold."""
+    best = values.max() if metric.higher_is_better else values.min()
+    return round(best, DECIMALS)
+
+
+def ranking_column(columns: dict[str, Column]) -> str | None:
+    """The column a section's rows are ranked by: its first headline column (None when it
+    shows no headline, e.g. only an eval's secondary metrics have values there)."""
+    return next((label for label, column in columns.items() if column.headline), None)
+
+
+def rank_rows(rows: pd.DataFrame, label: str | None, metric: Metric | None) -> pd.DataFrame:
+    """``rows`` best first on ``label`` in the metric's direction; rows without a value
+    last; equal values (and everything, without a ranking column) keep their key order."""
+    if label is None:
+        return rows
+    return rows.sort_values(label, ascending=not metric.higher_is_better, na_position="last", kind="stable")
+
+
+def _header(label: str, column: Column) -> dict:
+    metric = column.metric
+    better = "higher" if metric.higher_is_better else "lower"
+    return {
+        "label": label,
+        "arrow": "↑" if metric.higher_is_better else "↓",
+        "unit": metric.unit,
+        "headline": column.headline,
+        "title": "; ".join(filter(None, (metric.description, f"{better} is better"))),
+    }
+
+
+def _cell(row: pd.Series, label: str, best: float) -> dict | None:
+    mean = row[label]
+    if pd.isna(mean):
+        return None
+    std, n = row[std_column(label)], int(row[n_column(label)])
+    return {
+        "mean": _fmt(mean),
+        "std": None if pd.isna(std) or n < 2 else _fmt(std),
+        "n": n,
+        "best": math.isclose(round(mean, DECIMALS), best),
+    }
+
+
 def _suite_sections(table: pd.DataFrame) -> list[dict]:
-    labels = value_labels(table)
+    declared = column_metrics(table)
     sections = []
     for suite, rows in table.groupby("suite", sort=True):
-        # Suites are not comparable, so each shows only the columns it has data for
-        # and bolds its own best; comparing displayed (rounded) values keeps ties bold.
-        columns = [label for label in labels if rows[label].notna().any()]
-        best = {label: round(rows[label].max(), DECIMALS) for label in columns}
-        body = []
-        for _, row in rows.iterrows():
-            cells = []
-            for label in columns:
-                mean = row[label]
-                if pd.isna(mean):
-                    cells.append(None)
-                    continue
-                std, n = row[std_column(label)], int(row[n_column(label)])
-                cells.append(
-                    {
-                        "mean": _fmt(mean),
-                        "std": None if pd.isna(std) or n < 2 else _fmt(std),
-                        "n": n,
-                        "best": math.isclose(round(mean, DECIMALS), best[label]),
-                    }
-                )
-            body.append(
-                {
-                    "key_values": [row[c] for c in KEY_COLUMNS if c != "suite"],
-                    "cells": cells,
-                    "commands": list(row["commands"]),
-                    "configs": int(row["configs"]),
-                }
-            )
-        sections.append({"suite": suite, "columns": columns, "rows": body})
+        # Suites are not comparable, so each shows only the columns it has data for,
+        # bolds its own best and ranks its rows on its own headline.
+        columns = {label: c for label, c in declared.items() if rows[label].notna().any()}
+        best = {label: _best(rows[label], c.metric) for label, c in columns.items()}
+        ranked_by = ranking_column(columns)
+        rows = rank_rows(rows, ranked_by, columns[ranked_by].metric if ranked_by else None)
+        body = [
+            {
+                "key_values": [row[c] for c in KEY_COLUMNS if c != "suite"],
+                "cells": [_cell(row, label, best[label]) for label in columns],
+                "commands": list(row["commands"]),
+                "configs": int(row["configs"]),
+            }
+            for _, row in rows.iterrows()
+        ]
+        sections.append(
+            {
+                "suite": suite,
+                "columns": [_header(label, c) for label, c in columns.items()],
+                "ranked_by": ranked_by,
+                "rows": body,
+            }
+        )
     return sections
 
 
@@ -89,22 +130,21 @@ def publish_studies(tracking_uri: str, out_dir: Path) -> list[dict]:
     """Each study's report (an MLflow artifact) as a page of the site: studies/<id>.html."""
     from mlflow.artifacts import download_artifacts
 
-    from leaderboard.query import study_runs
-
     pages = []
     for run in study_runs(tracking_uri):
-        tags = run.data.tags
-        study_id = tags.get("harness.study_id", run.info.run_id)
+        run_tags = run.data.tags
+        study_id = run_tags.get(tags.STUDY_ID, run.info.run_id)
+        page = {"id": study_id, "href": None, "suite": run_tags.get(tags.SUITE), "grid": run_tags.get(tags.STUDY_GRID),
+                "metric": f"{run_tags.get(tags.EVAL)} {run_tags.get(tags.STUDY_METRIC)}"}
         try:
             local = download_artifacts(run_id=run.info.run_id, artifact_path="report.html", tracking_uri=tracking_uri)
         except Exception:  # a study whose artifacts are gone is listed as such, not fatal
-            pages.append({"id": study_id, "href": None, "suite": tags.get("harness.suite"), "grid": tags.get("harness.study_grid")})
+            pages.append(page)
             continue
         target = out_dir / "studies" / f"{study_id}.html"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(Path(local).read_bytes())
-        pages.append({"id": study_id, "href": f"studies/{study_id}.html", "suite": tags.get("harness.suite"),
-                      "grid": tags.get("harness.study_grid"), "metric": f"{tags.get('harness.eval')} {tags.get('harness.metric')}"})
+        pages.append({**page, "href": f"studies/{study_id}.html"})
     return pages
 
 

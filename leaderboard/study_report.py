@@ -44,16 +44,18 @@ def kendall_taus(summ: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["width", "backbone_a", "backbone_b", "tau", "methods"])
 
 
-def rank_reversals(summ: pd.DataFrame) -> pd.DataFrame:
-    """Every (width, method pair, architecture pair) where the two methods' order flips."""
+def rank_reversals(summ: pd.DataFrame, higher_is_better: bool = True) -> pd.DataFrame:
+    """Every (width, method pair, architecture pair) where the two methods' order flips; the
+    winner is the better score under the metric's declared direction."""
+    sign = 1.0 if higher_is_better else -1.0
     rows = []
     for width, at_w in summ.groupby("width"):
         pivot = at_w.pivot(index="method", columns="backbone", values="mean")
         spread = at_w.pivot(index="method", columns="backbone", values="std")  # NaN with one seed
         for m1, m2 in itertools.combinations(sorted(pivot.index), 2):
             for a, b in itertools.combinations(sorted(pivot.columns), 2):
-                d_a = pivot.at[m1, a] - pivot.at[m2, a]
-                d_b = pivot.at[m1, b] - pivot.at[m2, b]
+                d_a = sign * (pivot.at[m1, a] - pivot.at[m2, a])
+                d_b = sign * (pivot.at[m1, b] - pivot.at[m2, b])
                 if np.isfinite(d_a) and np.isfinite(d_b) and d_a * d_b < 0:
                     rows.append({"width": width, "arch_a": a, "winner_a": m1 if d_a > 0 else m2,
                                  "arch_b": b, "winner_b": m1 if d_b > 0 else m2,
@@ -115,7 +117,7 @@ def _table(summ: pd.DataFrame) -> dict:
 
 
 def write_report(runs: pd.DataFrame, out_dir: Path, *, study_id: str, metric: str, suite: str,
-                 commands: list[str] | None = None) -> dict[str, Path]:
+                 commands: list[str] | None = None, higher_is_better: bool = True) -> dict[str, Path]:
     """report.html (self-contained), runs.csv, summary.csv, kendall_tau.csv, rank_reversals.csv
     and figure.png in ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
@@ -123,7 +125,7 @@ def write_report(runs: pd.DataFrame, out_dir: Path, *, study_id: str, metric: st
     runs = runs[COLUMNS].copy()
     summ = summary(runs)
     taus = kendall_taus(summ)
-    flips = rank_reversals(summ)
+    flips = rank_reversals(summ, higher_is_better)
     paths = {"runs": out_dir / "runs.csv", "summary": out_dir / "summary.csv", "kendall_tau": out_dir / "kendall_tau.csv",
              "rank_reversals": out_dir / "rank_reversals.csv"}
     runs.to_csv(paths["runs"], index=False)

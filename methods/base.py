@@ -14,6 +14,7 @@ from torch import nn
 
 from harness import registry
 from harness.backbones import create_backbone
+from harness.backbones.readout import PROBE_LAYERS, pool_maps
 from harness.config import Config, P
 
 
@@ -162,42 +163,4 @@ class Method(nn.Module):
 # of the official codes").
 TORCHVISION_INIT_ON_DIGITS = {"backbone.zero_init_residual": False}
 
-PROBE_LAYERS = ("pre_logits", "block1", "block2", "block3", "block4", "block5")  # block5: AlexNet and VGG conv5
-MAX_FEATURES = 9000  # Revisiting SSL, linear_eval.py: taps above this are max-pooled down
-
-
-def pool_maps(maps: torch.Tensor, pool: str) -> torch.Tensor:
-    """[B, C, H, W] -> [B, D]: global average (``avg``), or adaptive max pooling to the
-    finest s x s grid with s * s * C <= 9,000 (``max9000``)."""
-    import math
-
-    import torch.nn.functional as F
-
-    if pool == "avg":
-        return maps.mean(dim=(2, 3))
-    if pool == "max9000":
-        c, h, w = maps.shape[1:]
-        if c * h * w <= MAX_FEATURES:
-            return maps.flatten(1)
-        s = max(1, min(h, w, math.isqrt(MAX_FEATURES // c)))
-        return F.adaptive_max_pool2d(maps, s).flatten(1)
-    from harness.errors import UsageError
-
-    raise UsageError(f"eval.linear.pooling={pool!r}: expected avg or max9000")
-
-
-def recipe_layers(method_cls, cfg_recipe: str, suite: str) -> list[tuple[str, dict]]:
-    """The method's layers for ``resolve``: its recipe, then its profile for ``suite``."""
-    from harness.errors import UsageError
-
-    if cfg_recipe not in method_cls.recipes:
-        raise UsageError(
-            f"method '{method_cls.name}' has no recipe '{cfg_recipe}'; recipes: {', '.join(method_cls.recipes)}"
-        )
-    layers = [(f"{method_cls.name} recipe '{cfg_recipe}'", method_cls.recipes[cfg_recipe])]
-    if suite in method_cls.suite_profiles:
-        layers.append((f"{method_cls.name} profile for suite '{suite}'", method_cls.suite_profiles[suite]))
-    return layers
-
-
-__all__ = ["Method", "P", "recipe_layers"]
+__all__ = ["Method", "P"]

@@ -1,10 +1,6 @@
-from pathlib import Path
-
 import pytest
 
 from harness import registry
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 # Tiny budget for end-to-end runs: a 192-image subset, one short epoch, a one-epoch probe.
 TINY = [

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from evals.knn import knn_predict
 from evals.linear import BackboneChanged, LinearProbe, state_fingerprint
-from methods.base import PROBE_LAYERS
+from harness.backbones.readout import PROBE_LAYERS
 
 
 def brute_force_knn(tr, ytr, te, k, T, C):
@@ -135,7 +135,7 @@ def test_linear_presets_match_reference():
 
 
 def test_dino_readouts_of_a_vit():
-    from evals.linear import readout_features
+    from harness.backbones.readout import readout_features
     from harness.backbones import create_backbone
     from harness.errors import UsageError
 
@@ -184,6 +184,7 @@ def test_fast_linear_sweeps_on_features_shared_with_knn(tiny_probe_setup, tmp_pa
     from evals.knn import KNN
     from evals.linear_fast import FastLinear
     from harness.pipeline import RunRequest, build_config
+    from harness.rundir import RunFolder
 
     _, method, suite = tiny_probe_setup
     cfg = build_config(RunRequest(method="rotation", overrides={
@@ -191,11 +192,13 @@ def test_fast_linear_sweeps_on_features_shared_with_knn(tiny_probe_setup, tmp_pa
     calls = []
     plain = method.features
     method.features = lambda x: calls.append(len(x)) or plain(x)
-    knn = KNN(cfg).run(method, suite, torch.device("cpu"), tmp_path / "evals" / "knn")
+    folder = RunFolder(tmp_path)  # the run folder hands every eval its shared feature cache
+    knn = KNN(cfg, feature_cache=folder.feature_cache).run(method, suite, torch.device("cpu"), folder.eval_dir("knn"))
     n_after_knn = sum(calls)
-    fast = FastLinear(cfg).run(method, suite, torch.device("cpu"), tmp_path / "evals" / "linear_fast")
+    fast = FastLinear(cfg, feature_cache=folder.feature_cache).run(method, suite, torch.device("cpu"),
+                                                                   folder.eval_dir("linear_fast"))
     assert n_after_knn == 64 + 359 and sum(calls) == n_after_knn  # extracted once, read twice
-    assert len(list((tmp_path / "evals" / "_features").glob("*.labels.npy"))) == 2
+    assert len(list(folder.feature_cache.glob("*.labels.npy"))) == 2
     assert fast["best_lr"] in (0.001, 0.1) and 0 <= fast["top1"] <= fast["top5"] <= 100
     assert {"lr0.001_holdout_top1", "lr0.1_holdout_top1"} <= set(fast) and 0 <= knn["top1"] <= 100
     assert FastLinear.protocol == "linear_fast" != LinearProbe.protocol
@@ -226,14 +229,13 @@ def test_multi_layer_probe_rejects_unknown_or_unprobeable_layers(tiny_probe_setu
     from harness.pipeline import RunRequest, build_config
 
     _, method, suite = tiny_probe_setup
-    cfg = build_config(RunRequest(method="rotation", overrides={"eval.linear.layers": ["conv9"]}))[0]
-    with pytest.raises(UsageError, match="unknown layer"):
-        LinearProbe(cfg).run(method, suite, torch.device("cpu"), tmp_path)
+    with pytest.raises(UsageError, match="eval.linear.layers=.*expected one of pre_logits"):
+        build_config(RunRequest(method="rotation", evals="linear", overrides={"eval.linear.layers": ["conv9"]}))
 
 
 def test_revisiting_preset_and_its_max_pooling(tiny_probe_setup, tmp_path):
     from harness.pipeline import RunRequest, build_config
-    from methods.base import pool_maps
+    from harness.backbones.readout import pool_maps
 
     v = {k.split(".")[-1]: p.value for k, p in LinearProbe.config_layer("revisiting").items() if hasattr(p, "value")}
     # REFERENCE.md: 70 epochs on (max-pooled) frozen features; the public config: batch 512,

@@ -1,21 +1,23 @@
 """Semi-supervised fine-tuning: SimCLR's ImageNet subset lists, balanced subsets elsewhere, presets."""
 import hashlib
+import lzma
+import socket
+from importlib import resources
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from harness.cli import main
-from harness.data.subsets import SIMCLR_SUBSETS, balanced_subset, simclr_subset
+from harness.data.subsets import SIMCLR_SUBSETS, UPSTREAM, balanced_subset, packaged_subset_bytes, simclr_subset
 from harness.errors import UsageError
-from tests.conftest import SHARED
 
-LISTS = SHARED / "data" / "imagenet_subsets"
+PACKAGED = resources.files("harness.data") / "imagenet_subsets"
 WNIDS = ["n01440764", "n01443537", "n09999999"]  # two listed classes, one the list lacks
 
 
 def _listed(percent: int) -> list[str]:
-    return [ln.strip() for ln in (LISTS / f"{percent}percent.txt").read_text().splitlines() if ln.strip()]
+    return simclr_subset(percent)  # the copy shipped in the package, sha256-checked
 
 
 def _mini_imagenet(root: Path) -> dict[str, list[str]]:
@@ -31,22 +33,56 @@ def _mini_imagenet(root: Path) -> dict[str, list[str]]:
     return listed
 
 
-def test_shared_lists_are_simclrs():
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("network access attempted")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def test_packaged_lists_are_simclrs(no_network):
+    source = (PACKAGED / "SOURCE.md").read_text()
+    assert "google-research/simclr" in source and UPSTREAM.split("/master/")[1] in source
     for percent, (name, lines, sha) in SIMCLR_SUBSETS.items():
-        data = (LISTS / name).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == sha
-        assert len(simclr_subset(percent, LISTS / name)) == lines
+        # Decompressed independently of harness.data.subsets: the shipped bytes are upstream's.
+        data = lzma.decompress((PACKAGED / f"{name}.xz").read_bytes())
+        assert hashlib.sha256(data).hexdigest() == sha and sha in source
+        assert packaged_subset_bytes(percent) == data
+        names = simclr_subset(percent)  # no path, no network
+        assert len(names) == lines and len(set(names)) == lines
+        assert all(n.endswith(".JPEG") and n.split("_")[0].startswith("n") for n in names)
+    assert (len(simclr_subset(1)), len(simclr_subset(10))) == (12_811, 128_116)
+    assert set(simclr_subset(1)) <= set(simclr_subset(10))  # SimCLR's 1 % images are among its 10 %
 
 
-def test_one_percent_protocol_selects_exactly_the_listed_files(tmp_path):
+def test_user_copy_is_checked_and_used(tmp_path, no_network):
+    for percent, (name, lines, _) in SIMCLR_SUBSETS.items():
+        (tmp_path / name).write_bytes(packaged_subset_bytes(percent))
+        assert simclr_subset(percent, tmp_path / name) == simclr_subset(percent)
+    with pytest.raises(UsageError, match="subset list .* does not exist; expected SimCLR's 1percent.txt"):
+        simclr_subset(1, tmp_path / "missing.txt")
+    with pytest.raises(UsageError, match="no SimCLR subset for 5%"):
+        simclr_subset(5)
+
+
+@pytest.mark.parametrize("own_copy", [False, True], ids=["packaged", "subset_dir"])
+def test_one_percent_protocol_selects_exactly_the_listed_files(tmp_path, no_network, own_copy):
     from evals.semi_supervised import SemiSupervised
     from harness.data.imagenet import ImageNetSuite
     from harness.pipeline import RunRequest, build_config
 
     listed = _mini_imagenet(tmp_path / "imagenet")
     assert len(listed["n01440764"]) > 5 and listed["n09999999"] == []
+    overrides = {}
+    if own_copy:  # a user's folder holding the upstream file, instead of the packaged copy
+        (tmp_path / "lists").mkdir()
+        (tmp_path / "lists" / "1percent.txt").write_bytes(packaged_subset_bytes(1))
+        overrides["eval.semi_supervised.subset_dir"] = str(tmp_path / "lists")
     cfg = build_config(RunRequest(method="rotation", suite="imagenet", evals="semi_supervised",
-                                  overrides={"eval.semi_supervised.subset_dir": str(LISTS)}))[0]
+                                  overrides=overrides))[0]
+    assert cfg["eval.semi_supervised.subset_dir"] == overrides.get("eval.semi_supervised.subset_dir")
     suite = ImageNetSuite(root=tmp_path / "imagenet", image_size=32)
     train = suite.split("train")
     picked = SemiSupervised(cfg).subset(suite, train, 1, tmp_path / "eval")
@@ -61,7 +97,7 @@ def test_corrupted_list_fails_clearly(tmp_path, capsys):
     _mini_imagenet(tmp_path / "imagenet")
     bad = tmp_path / "lists"
     bad.mkdir()
-    lines = (LISTS / "1percent.txt").read_text().splitlines()
+    lines = packaged_subset_bytes(1).decode().splitlines()
     lines[5] = lines[5].replace(".JPEG", "1.JPEG")
     (bad / "1percent.txt").write_text("\n".join(lines) + "\n")
     with pytest.raises(UsageError, match="sha256 .* does not match SimCLR's 1percent.txt"):

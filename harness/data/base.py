@@ -17,11 +17,28 @@ def data_home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ssl-harness"
 
 
+# Kinds of data a suite provides and an eval needs (``Suite.provides``, ``Evaluator.needs``).
+# An eval runs on every suite that provides all it needs; registering one edits no suite.
+CLASSIFICATION = "classification"  # labelled train and val splits in the ImageFolder layout
+DETECTION = "detection"  # detection scenes with boxes (VOC / COCO formats)
+CORRUPTIONS = "corruptions"  # corrupted test sets (the ImageNet-C layout)
+DATA_KINDS = {
+    CLASSIFICATION: "labelled classification splits",
+    DETECTION: "detection scenes",
+    CORRUPTIONS: "corrupted test sets",
+}
+
+
+def describe_data(kind: str) -> str:
+    return DATA_KINDS.get(kind, kind)
+
+
 class Suite:
     """A benchmark suite.
 
     Subclasses set ``name``, ``description``, ``profile`` (flat dotted config defaults that
-    sit between the method recipe and user overrides) and ``supported_evals``, and implement
+    sit between the method recipe and user overrides) and ``provides`` (the kinds of data
+    it offers, which decide the evals it runs), and implement
     ``prepare`` (make the data available, return its root) and ``content_hash``.
     Every split is read with the same ImageFolder-layout reader (``root/<split>/<class>/*``),
     so the embedded suite and ImageNet share one code path.
@@ -30,7 +47,7 @@ class Suite:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     profile: ClassVar[dict] = {}
-    supported_evals: ClassVar[tuple[str, ...]] = ("linear", "knn")
+    provides: ClassVar[tuple[str, ...]] = (CLASSIFICATION,)
     # Keep decoded images in memory after their first read: for suites small enough that
     # decoding would otherwise cost more than the training step (the embedded one).
     in_memory: ClassVar[bool] = False

@@ -262,7 +262,6 @@ class DigitsSuite(Suite):
         "embedded MNIST-M-style suite: sklearn's 8x8 handwritten digits blended onto "
         "natural-photo patches (10 classes, generated locally, no download)"
     )
-    supported_evals = ("linear", "knn", "linear_fast", "semi_supervised")
     in_memory = True  # ~4,000 images of 3 KB: decoding each PNG again cost ~15% of a CPU step
     profile = {
         "data.image_size": 32,

@@ -126,7 +126,6 @@ class ImageNetSuite(Suite):
 
     name = "imagenet"
     description = "ILSVRC-2012 ImageNet-1k from a local copy (suite.root=...), 1000 classes"
-    supported_evals = ("linear", "knn", "linear_fast", "semi_supervised")
     profile = {"data.image_size": 224}
 
     def __init__(self, root: str | Path | None = None, image_size: int = 224,

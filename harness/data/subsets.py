@@ -1,23 +1,22 @@
 """Labelled subsets for semi-supervised fine-tuning.
 
 ImageNet: the SimCLR 1% / 10% lists (Chen et al. 2020, google-research/simclr
-``imagenet_subsets/``), one train filename per line, checked against their sha256 whether
-downloaded or given as a path. Other suites: a seeded class-balanced subset, whose file
-list is saved with the run so that the exact images can be named later.
+``imagenet_subsets/``), one train filename per line. The package ships them xz-compressed in
+``harness/data/imagenet_subsets/`` (provenance in its SOURCE.md), so no network is needed; a
+user's own copy may be given as a path instead. Either is checked against the sha256 below.
+Other suites: a seeded class-balanced subset, whose file list is saved with the run so that
+the exact images can be named later.
 """
 from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
-import urllib.request
 from collections import defaultdict
+from importlib import resources
 from pathlib import Path
 
 import torch
 
-from harness.data.base import data_home
 from harness.errors import UsageError
 from harness.seeding import derive_seed
 
@@ -41,35 +40,37 @@ def _check(data: bytes, percent: int, origin: str) -> list[str]:
     return names
 
 
-def simclr_subset(percent: int, path: str | Path | None = None) -> list[str]:
-    """The SimCLR ``percent``% list of ImageNet train filenames (``n01440764_10026.JPEG``).
-
-    ``path``: a local copy (checked); otherwise the verified cache, else a download from
-    upstream into the cache (checked before it is kept)."""
+def packaged_subset_bytes(percent: int) -> bytes:
+    """The uncompressed bytes of the packaged SimCLR ``percent``% list (not yet checked)."""
     if percent not in SIMCLR_SUBSETS:
         raise UsageError(f"no SimCLR subset for {percent}%; expected one of {sorted(SIMCLR_SUBSETS)}")
     name = SIMCLR_SUBSETS[percent][0]
-    if path is not None:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise UsageError(f"subset list {path} does not exist; expected SimCLR's {name}")
-        return _check(path.read_bytes(), percent, str(path))
-    cached = data_home() / "imagenet_subsets" / name
-    if cached.is_file():
-        return _check(cached.read_bytes(), percent, str(cached))
-    url = f"{UPSTREAM}/{name}"
     try:
-        with urllib.request.urlopen(url, timeout=60) as r:
-            data = r.read()
-    except OSError as e:
-        raise UsageError(f"could not download {url} ({e}); pass eval.semi_supervised.subset_dir=/path/holding/{name}") from None
-    names = _check(data, percent, url)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, cached)
-    return names
+        import lzma  # stdlib, but optional in Python builds without liblzma
+    except ImportError:
+        raise UsageError(f"this Python lacks the lzma module, needed to read the packaged {name}.xz; "
+                         f"pass eval.semi_supervised.subset_dir=/path/holding/{name}") from None
+    try:
+        return lzma.decompress((resources.files("harness.data") / "imagenet_subsets" / f"{name}.xz").read_bytes())
+    except (OSError, lzma.LZMAError) as e:
+        raise UsageError(f"packaged subset list {name}.xz unreadable ({e}); reinstall ssl-harness "
+                         f"or pass eval.semi_supervised.subset_dir=/path/holding/{name}") from None
+
+
+def simclr_subset(percent: int, path: str | Path | None = None) -> list[str]:
+    """The SimCLR ``percent``% list of ImageNet train filenames (``n01440764_10026.JPEG``).
+
+    ``path``: a user's own copy of the upstream file; otherwise the copy shipped in the
+    package. Either must match SimCLR's sha256."""
+    if percent not in SIMCLR_SUBSETS:
+        raise UsageError(f"no SimCLR subset for {percent}%; expected one of {sorted(SIMCLR_SUBSETS)}")
+    name = SIMCLR_SUBSETS[percent][0]
+    if path is None:
+        return _check(packaged_subset_bytes(percent), percent, f"packaged {name}")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UsageError(f"subset list {path} does not exist; expected SimCLR's {name}")
+    return _check(path.read_bytes(), percent, str(path))
 
 
 def select_listed(samples: list[tuple[str, int]], names: list[str], classes: list[str]) -> list[int]:

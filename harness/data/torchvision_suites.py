@@ -34,7 +34,6 @@ class TorchvisionSuite(Suite):
     # split in the exported tree -> how to ask torchvision for it
     splits: ClassVar[dict[str, dict]] = {}
     pretrain_splits: ClassVar[tuple[str, ...]] = ("train",)
-    supported_evals = ("linear", "knn", "linear_fast", "semi_supervised")
 
     def __init__(self, root: str | Path | None = None, image_size: int | None = None, download: bool = True, **options):
         if options:
