@@ -1,8 +1,8 @@
 """Metric declarations: what an eval reports, which direction is better, in what unit, and
 which metric is its headline.
 
-Every consumer of results (the run summary, ``results.json``, studies, the leaderboard)
-reads these declarations instead of assuming an accuracy: detection reports AP (higher is
+Every consumer of results (the run summary, the run folder's results file, studies, the
+leaderboard) reads these declarations instead of assuming an accuracy: detection reports AP (higher is
 better), robustness mCE (lower is better), a plugin whatever it declares. The declarations
 travel with each result (a tag on its MLflow run, a field in its metrics file), so a reader
 never needs the eval's code to rank its numbers.

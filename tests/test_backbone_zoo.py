@@ -59,10 +59,10 @@ def test_recipes_that_zero_init_the_residual_branches():
 
     vit = build_config(RunRequest(method="simsiam", suite="imagenet", overrides={"backbone.name": "vit_tiny"}))[0]
     assert simsiam(vit).backbone.num_features > 0  # the recipe's zero-init concerns ResNets only
-    vit_zero = build_config(RunRequest(method="simsiam", suite="imagenet", overrides={
-        "backbone.name": "vit_tiny", "backbone.zero_init_residual": True}))[0]
+    # Asked for by the user, it is an error when the config is resolved, before any work.
     with pytest.raises(UsageError, match="vit_tiny.* no ResNet v1 residual blocks"):
-        simsiam(vit_zero)
+        build_config(RunRequest(method="simsiam", suite="imagenet", overrides={
+            "backbone.name": "vit_tiny", "backbone.zero_init_residual": True}))
 
 
 def test_a_profile_width_is_left_out_for_a_backbone_without_one_but_a_user_width_is_an_error():
@@ -74,9 +74,8 @@ def test_a_profile_width_is_left_out_for_a_backbone_without_one_but_a_user_width
     cfg = build_config(RunRequest(method="moco_v3", backbone="vit_tiny"))[0]
     assert cfg["backbone.width"] == 0.5  # the digits profile's, chosen for resnet_small
     assert moco_v3(cfg).backbone.num_features == 192
-    cfg = build_config(RunRequest(method="moco_v3", backbone="vit_tiny", overrides={"backbone.width": 2.0}))[0]
     with pytest.raises(UsageError, match="backbone 'vit_tiny' has no width option"):
-        moco_v3(cfg)
+        build_config(RunRequest(method="moco_v3", backbone="vit_tiny", overrides={"backbone.width": 2.0}))
 
 
 def test_vgg19_bn_matches_torchvision_without_its_last_layer():
