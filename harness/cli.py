@@ -277,7 +277,21 @@ def cmd_list(args) -> int:
         print(f"{kind}:")
         for name in names:
             print(f"  {name:<{width}}  {reg.describe(name)}")
+            if kind == "evals":
+                print(f"  {'':<{width}}  {_eval_contract(reg.get(name))}")
     return 0
+
+
+def _eval_contract(ev) -> str:
+    """What an eval reports (headline first, with directions) and the data it needs."""
+    from harness.data.base import describe_data
+    from harness.metrics import Declaration
+
+    decl = Declaration.of(ev)
+    order = [decl.headline_metric] + [m for m in decl.metrics if m.name != decl.headline]
+    reports = ", ".join(f"{m.name} {'↑' if m.higher_is_better else '↓'}" + (" (headline)" if m.name == decl.headline else "")
+                        for m in order)
+    return f"reports {reports}; needs {', '.join(describe_data(k) for k in ev.needs)}"
 
 
 def _list_backbones(names: list[str], width: int, suite: str) -> None:

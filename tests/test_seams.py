@@ -172,3 +172,23 @@ def test_layer_rules_hold_and_a_forbidden_import_breaks_them(tmp_path):
         path.write_text(original)
         assert broken.returncode != 0, (source, broken.stdout)
         assert "BROKEN" in broken.stdout and forbidden in broken.stdout, broken.stdout
+
+
+def test_an_eval_a_suite_cannot_feed_is_left_out_of_all_and_named_when_asked_for(tmp_path, monkeypatch, capsys):
+    from harness.pipeline import RunRequest, build_config
+
+    class NeedsBoxes(CorruptionError):
+        name = "boxes_ap"
+        needs = ("detection",)
+
+    registry.evals.register("boxes_ap", NeedsBoxes)
+    try:
+        assert "boxes_ap" not in build_config(RunRequest(method="rotation"))[3]  # --eval all: not on digits
+        monkeypatch.chdir(tmp_path)
+        assert main(["run", "--method", "rotation", "--eval", "knn,boxes_ap"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("harness: error: eval 'boxes_ap' needs detection scenes, which suite 'digits' does not "
+                       "provide (it provides: labelled classification splits)")
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        registry.evals.unregister("boxes_ap")
