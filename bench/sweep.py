@@ -35,7 +35,7 @@ def parse_plan(text: str) -> list[tuple[str, dict]]:
     return runs
 
 
-def one_run(method: str, overrides: dict, root: str, threads: int) -> dict:
+def one_run(method: str, overrides: dict, root: str, threads: int, suite: str = "glyphs") -> dict:
     import torch
 
     from harness import pipeline
@@ -46,7 +46,7 @@ def one_run(method: str, overrides: dict, root: str, threads: int) -> dict:
     t0 = time.time()
     try:
         with tempfile.TemporaryDirectory(dir=root) as out:
-            req = pipeline.RunRequest(method=method, evals="knn,linear", output_dir=out, overrides=dict(overrides),
+            req = pipeline.RunRequest(method=method, suite=suite, evals="knn,linear", output_dir=out, overrides=dict(overrides),
                                       track=False)
             res = pipeline.execute(req, log=lambda *_: None)
             loss = RunFolder(out).results()["pretrain_loss"]
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--out", default="bench/out/sweep.jsonl")
+    ap.add_argument("--suite", default="glyphs")
     args = ap.parse_args()
     runs = parse_plan(Path(args.plan).read_text())
     out = Path(args.out)
@@ -70,12 +71,12 @@ def main() -> None:
     # Data generated once, before the workers race to make it.
     from harness.pipeline import RunRequest, build_config
 
-    cfg, _, suite_cls, _ = build_config(RunRequest(method=runs[0][0], overrides=dict(runs[0][1])))
+    cfg, _, suite_cls, _ = build_config(RunRequest(method=runs[0][0], suite=args.suite, overrides=dict(runs[0][1])))
     suite_cls(root=cfg["suite.root"], image_size=cfg["data.image_size"]).prepare()
     rows = []
     with tempfile.TemporaryDirectory() as root, \
             ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(one_run, m, o, root, args.threads) for m, o in runs]
+        futures = [pool.submit(one_run, m, o, root, args.threads, args.suite) for m, o in runs]
 
         def stop(signum, frame):
             # Spawned workers outlive a killed parent; take them down with it.

@@ -180,7 +180,7 @@ class LinearProbe(Evaluator):
             return method.represent_layers(x, layers, pool)
 
         with torch.no_grad():
-            dims = {k: f.shape[1] for k, f in read(torch.zeros(2, 3, size, size, device=next(method.parameters()).device)).items()}
+            dims = {k: f.shape[1] for k, f in read(torch.zeros(2, 3, size, size, device=device)).items()}
         if p["feature_norm"] not in ("none", "batchnorm"):
             raise UsageError(f"eval.linear.feature_norm={p['feature_norm']!r}: expected 'none' or 'batchnorm'")
         torch.manual_seed(derive_seed(seed, 11))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from harness import registry
+from harness.data.base import DEFAULT_SUITE
 from harness.errors import RunFailed, RunsFailed, UsageError
 
 DEFAULT_JOBS_DIR = Path("runs") / "jobs"
@@ -110,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "Extra key=value arguments override any config key (see --print-config).")
     run.add_argument("--method", required=True, help="method name (see `harness list methods`)")
     run.add_argument("--backbone", help="backbone name (default: the recipe's, adapted to the suite)")
-    run.add_argument("--suite", default="digits", help="benchmark suite (default: digits, embedded, needs no download)")
+    run.add_argument("--suite", default=DEFAULT_SUITE,
+                     help=f"benchmark suite (default: {DEFAULT_SUITE}, embedded, needs no download)")
     run.add_argument("--eval", default="all", dest="evals", help="comma list of evals, or 'all' (default)")
     run.add_argument("--seed", type=int, help="run seed (default 0)")
     run.add_argument("--epochs", type=int, help="pretraining epochs (0 evaluates the random initialisation)")
@@ -128,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--backbones", help="comma list of backbones (default: each method's)")
     sw.add_argument("--widths", help="comma list of width multipliers (default: each recipe's)")
     sw.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
-    sw.add_argument("--suite", default="digits")
+    sw.add_argument("--suite", default=DEFAULT_SUITE)
     sw.add_argument("--eval", default="all", dest="evals")
     sw.add_argument("--epochs", type=int)
     sw.add_argument("--tracking-uri")
@@ -145,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     arch.add_argument("--backbones", required=True, help="comma list of backbones")
     arch.add_argument("--widths", default="4", help="comma list of filters factors k (k/4 x the standard width; default 4)")
     arch.add_argument("--seeds", default="1,2,3", help="comma list of seeds (default 1,2,3)")
-    arch.add_argument("--suite", default="digits")
+    arch.add_argument("--suite", default=DEFAULT_SUITE)
     arch.add_argument("--eval", default="linear", dest="evals", help="evals to run; the first is compared (default linear)")
     arch.add_argument("--metric", help="metric of that eval (default: its declared headline)")
     arch.add_argument("--epochs", type=int)
@@ -160,8 +162,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list installed methods, backbones, evals and suites")
     ls.add_argument("kind", nargs="?", choices=sorted(registry.REGISTRIES), help="only this kind")
-    ls.add_argument("--suite", default="digits", help="backbones: parameters and FLOPs at this suite's image size "
-                                                      "(default digits)")
+    ls.add_argument("--suite", default=DEFAULT_SUITE, help="backbones: parameters and FLOPs at this suite's image size "
+                                                      f"(default {DEFAULT_SUITE})")
 
     lb = sub.add_parser("leaderboard", help="leaderboard commands")
     lb_sub = lb.add_subparsers(dest="lb_command", required=True)

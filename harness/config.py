@@ -50,7 +50,7 @@ DEFAULTS: dict[str, P] = {
     "backbone.norm": P("batch", HARNESS),
     "backbone.zero_init_residual": P(False, "torchvision resnet: zero_init_residual=False (ResNet v1 backbones only)"),
     "backbone.probe_layer": P("pre_logits", "Kolesnikov et al. 2019, Table 1: the pre-logits representation"),
-    "suite.name": P("digits", HARNESS),
+    "suite.name": P(None, "harness default: set from --suite"),
     "suite.root": P(None, HARNESS),
     "data.image_size": P(224, HARNESS),
     "data.eval_resize_ratio": P(256 / 224, "ImageNet convention: Resize 256 + CenterCrop 224"),
@@ -208,13 +208,16 @@ def resolve(layers: list[tuple[str, Mapping[str, Any]]], overrides: Mapping[str,
 
 # -- layers ----------------------------------------------------------------------------------
 
-def method_layers(method_cls, recipe: str, suite: str) -> list[tuple[str, dict]]:
-    """A method's layers for ``resolve``: its recipe, then its profile for ``suite``."""
+def method_layers(method_cls, recipe: str, suite_cls) -> list[tuple[str, dict]]:
+    """A method's layers for ``resolve``: its recipe, then its profile for the suite. A suite
+    may name another whose profiles fit it (``profile_from``: the same image size and budget);
+    a method's profile for that one comes first, its own profile for the suite on top."""
     if recipe not in method_cls.recipes:
         raise UsageError(f"method '{method_cls.name}' has no recipe '{recipe}'; recipes: {', '.join(method_cls.recipes)}")
     layers = [(f"{method_cls.name} recipe '{recipe}'", method_cls.recipes[recipe])]
-    if suite in method_cls.suite_profiles:
-        layers.append((f"{method_cls.name} profile for suite '{suite}'", method_cls.suite_profiles[suite]))
+    for suite in (getattr(suite_cls, "profile_from", None), suite_cls.name):
+        if suite in method_cls.suite_profiles:
+            layers.append((f"{method_cls.name} profile for suite '{suite}'", method_cls.suite_profiles[suite]))
     return layers
 
 

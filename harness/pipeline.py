@@ -16,7 +16,7 @@ import torch
 from harness import registry, stages, tags
 from harness.config import HARNESS_RULES, Config, check, method_layers, resolve
 from harness.context import RunContext, deterministic, identity_tags, pick_device
-from harness.data.base import describe_data
+from harness.data.base import DEFAULT_SUITE, describe_data
 from harness.errors import UsageError
 from harness.metrics import Declaration
 from harness.rundir import PRETRAIN, RunFolder, eval_stage
@@ -25,7 +25,7 @@ from harness.rundir import PRETRAIN, RunFolder, eval_stage
 @dataclass
 class RunRequest:
     method: str
-    suite: str = "digits"
+    suite: str = DEFAULT_SUITE
     backbone: str | None = None
     evals: str = "all"
     seed: int | None = None
@@ -82,7 +82,7 @@ def build_config(req: RunRequest) -> tuple[Config, type, type, list[str]]:
     overrides["method.name"] = req.method
     overrides["suite.name"] = req.suite
     recipe = overrides.get("method.recipe", "default")
-    layers_of_method = method_layers(method_cls, recipe, req.suite)
+    layers_of_method = method_layers(method_cls, recipe, suite_cls)
     layers = []
     # Every registered eval contributes its keys (so overrides of any eval are checked);
     # a preset chosen by the suite or the user selects which published values apply.

@@ -20,6 +20,7 @@ from typing import Callable
 import pandas as pd
 
 from harness import tags
+from harness.data.base import DEFAULT_SUITE
 from harness.errors import RunsFailed, UsageError
 from harness.launch import LaunchOptions, new_id, submit_sweep, wait_all
 from harness.metrics import Declaration
@@ -59,7 +60,7 @@ def collect(reqs: list[RunRequest], eval_name: str, metric: str | None) -> tuple
     return pd.DataFrame(rows, columns=["method", "backbone", "width", "seed", "score"]), missing, declaration
 
 
-def run_arch_study(methods, backbones, widths, seeds, *, write_report: Callable[..., dict], suite="digits",
+def run_arch_study(methods, backbones, widths, seeds, *, write_report: Callable[..., dict], suite=DEFAULT_SUITE,
                    evals="linear", epochs=None, overrides=None, tracking_uri=None, opts: LaunchOptions | None = None,
                    out_dir=None, metric: str | None = None, log=print, argv=()) -> Path:
     """``write_report(runs, out_dir, study_id=, metric=, suite=, commands=, higher_is_better=)``

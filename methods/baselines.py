@@ -95,3 +95,27 @@ class Random(Method):
     def train_transform(self):
         # Never trained on; the pipeline still builds (and hashes) a training set for it.
         return crop_flip_transform(int(self.cfg["data.image_size"]))
+
+
+class Pixels(Method):
+    name = "pixels"
+    description = ("baseline: the normalised image's pixels as the representation, no network; what every method "
+                   "must beat (a suite where raw pixels win cannot tell methods apart)")
+    source = "harness baseline (the eval transform's normalised pixels, read by the same kNN and linear protocols)"
+    trainable: ClassVar[bool] = False
+    probes_blocks: ClassVar[bool] = False  # no stages to read
+    recipes = {"default": {"train.epochs": P(0, "no network to train"),
+                           "backbone.name": P("pixels", "the identity backbone: the image is the representation")}}
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        if int(cfg["train.epochs"]) != 0:
+            raise UsageError(f"method 'pixels' has nothing to train: train.epochs must be 0, got {cfg['train.epochs']}")
+        if cfg["backbone.name"] != "pixels":
+            raise UsageError(f"method 'pixels' reads the image itself: backbone.name must be pixels, "
+                             f"got {cfg['backbone.name']!r}")
+        self.backbone = self.build_backbone(int(cfg["data.image_size"]))
+
+    def train_transform(self):
+        # Never trained on; the pipeline still builds (and hashes) a training set for it.
+        return crop_flip_transform(int(self.cfg["data.image_size"]))

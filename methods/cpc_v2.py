@@ -159,6 +159,12 @@ class CPCv2(Method):
             "train.epochs": 8,
             "train.warmup_epochs": 1,
         },
+        # On top of the digits profile: glyphs has 10,000 training images (3.5x digits'), so 2
+        # epochs are about the digits run's steps (312 vs 352) and keep `make demo` within 5 min.
+        "glyphs": {
+            "train.epochs": 2,
+            "train.warmup_epochs": 0.25,
+        },
     }
 
     def __init__(self, cfg: Config):

@@ -63,8 +63,8 @@ def test_print_config_shows_layers_and_sources(capsys):
     lines = {l.split()[0]: l for l in out.splitlines() if not l.startswith("#")}
     assert "command line" in lines["train.lr"] and "0.01" in lines["train.lr"]
     assert "layer norm" in lines["backbone.norm"]  # the paper's recipe, with its citation
-    assert "profile for suite 'digits'" in lines["method.patch_size"]
-    assert "moco" in lines["eval.linear.lr"] or "digits" in lines["eval.linear.lr"]
+    assert "profile for suite 'digits'" in lines["method.patch_size"]  # glyphs takes the digits profiles
+    assert "suite 'glyphs' profile" in lines["eval.linear.lr"]  # the default suite's probe budget
 
 
 def test_overrides_may_sit_between_options(capsys):

@@ -17,6 +17,9 @@ def data_home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ssl-harness"
 
 
+# The suite a run uses unless told otherwise: embedded, generated on first use, no download.
+DEFAULT_SUITE = "glyphs"
+
 # Kinds of data a suite provides and an eval needs (``Suite.provides``, ``Evaluator.needs``).
 # An eval runs on every suite that provides all it needs; registering one edits no suite.
 CLASSIFICATION = "classification"  # labelled train and val splits in the ImageFolder layout
