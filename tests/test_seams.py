@@ -87,7 +87,8 @@ def test_a_plugin_eval_with_a_lower_is_better_metric_runs_everywhere(plugin_eval
     errors = {}
     for epochs in (0, 1):
         out = tmp_path / f"run{epochs}"
-        assert main(["run", "--method", "rotation", "--epochs", str(epochs), "--eval", "all", "--tracking-uri", uri,
+        assert main(["run", "--method", "rotation", "--suite", "digits", "--epochs", str(epochs), "--eval", "all",
+                     "--tracking-uri", uri,
                      "--output-dir", str(out), *ALL_EVALS_TINY]) == 0
         summary = capsys.readouterr().out
         saved = RunFolder(out).results()
@@ -175,6 +176,7 @@ def test_layer_rules_hold_and_a_forbidden_import_breaks_them(tmp_path):
 
 
 def test_an_eval_a_suite_cannot_feed_is_left_out_of_all_and_named_when_asked_for(tmp_path, monkeypatch, capsys):
+    from harness.data.base import DEFAULT_SUITE
     from harness.pipeline import RunRequest, build_config
 
     class NeedsBoxes(CorruptionError):
@@ -183,12 +185,12 @@ def test_an_eval_a_suite_cannot_feed_is_left_out_of_all_and_named_when_asked_for
 
     registry.evals.register("boxes_ap", NeedsBoxes)
     try:
-        assert "boxes_ap" not in build_config(RunRequest(method="rotation"))[3]  # --eval all: not on digits
+        assert "boxes_ap" not in build_config(RunRequest(method="rotation"))[3]  # --eval all: not on the default suite
         monkeypatch.chdir(tmp_path)
         assert main(["run", "--method", "rotation", "--eval", "knn,boxes_ap"]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == ("harness: error: eval 'boxes_ap' needs detection scenes, which suite 'digits' does not "
-                       "provide (it provides: labelled classification splits)")
+        assert err == (f"harness: error: eval 'boxes_ap' needs detection scenes, which suite '{DEFAULT_SUITE}' "
+                       "does not provide (it provides: labelled classification splits)")
         assert list(tmp_path.iterdir()) == []
     finally:
         registry.evals.unregister("boxes_ap")

@@ -144,7 +144,7 @@ def test_digits_verify_detects_edit(tmp_path):
 
 
 def test_digits_interrupted_generation_leaves_no_cache(tmp_path, monkeypatch):
-    real = digits_mod._png_bytes
+    real = digits_mod.png_bytes
     calls = {"n": 0}
 
     def dying(rgb):
@@ -153,14 +153,14 @@ def test_digits_interrupted_generation_leaves_no_cache(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(rgb)
 
-    monkeypatch.setattr(digits_mod, "_png_bytes", dying)
+    monkeypatch.setattr(digits_mod, "png_bytes", dying)
     suite = DigitsSuite(root=tmp_path, **SMALL)
     with pytest.raises(KeyboardInterrupt):
         suite.prepare()
     assert not suite.data_dir.exists()
     assert list(tmp_path.iterdir()) == []
 
-    monkeypatch.setattr(digits_mod, "_png_bytes", real)
+    monkeypatch.setattr(digits_mod, "png_bytes", real)
     assert DigitsSuite(root=tmp_path, **SMALL).verify()
 
 
