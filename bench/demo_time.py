@@ -4,7 +4,6 @@ Runs in a fresh temporary directory (fresh MLflow store, data cache kept) and re
 results it printed, the machine, the suite's content hash and a fresh generation's wall time.
 Targets: the demo at most 5 minutes on a 2-core CPU, the generation at most 60 s.
 """
-import json
 import os
 import subprocess
 import sys
@@ -50,7 +49,7 @@ def main() -> None:
     print(f"{DEFAULT_SUITE} generation: {generation_seconds():.0f} s (fresh, in a temporary data folder)")
     print(f"harness run --method cpc_v2 --eval all: {wall:.0f} s wall")
     for name, m in res.items():
-        print(f"  {name}: {Declaration.from_json(json.dumps(saved['declarations'][name])).summary(m)}")
+        print(f"  {name}: {Declaration.from_dict(saved['declarations'][name]).summary(m)}")
 
 
 if __name__ == "__main__":

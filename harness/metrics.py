@@ -97,15 +97,23 @@ class Declaration:
                  for m in order if m.name in values]
         return "  ".join(parts)
 
+    def to_dict(self) -> dict:
+        return {"headline": self.headline, "metrics": [asdict(m) for m in self.metrics]}
+
     def to_json(self) -> str:
-        return json.dumps({"headline": self.headline, "metrics": [asdict(m) for m in self.metrics]}, sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "Declaration | None":
+        """The declaration a result recorded (``to_dict``); None when absent or unreadable."""
+        try:
+            return cls(tuple(Metric(**m) for m in data["metrics"]), data["headline"])
+        except (ValueError, TypeError, KeyError):
+            return None
 
     @classmethod
     def from_json(cls, text: str | None) -> "Declaration | None":
-        if not text:
-            return None
         try:
-            data = json.loads(text)
-            return cls(tuple(Metric(**m) for m in data["metrics"]), data["headline"])
-        except (ValueError, TypeError, KeyError):
+            return cls.from_dict(json.loads(text)) if text else None
+        except ValueError:
             return None

@@ -178,7 +178,7 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
         results = _run_stages(ctx, req, wanted, run_evals)
         written = folder.write_results(evals, cfg.hash)
     for name, m in results.items():
-        decl = Declaration.from_json(json.dumps(written["declarations"][name])) or Declaration.of(registry.evals.get(name))
+        decl = Declaration.from_dict(written["declarations"].get(name)) or Declaration.of(registry.evals.get(name))
         log(f"[harness] {req.method} {name} ({cfg[f'eval.{name}.preset']}): {decl.summary(m)}")
     return results
 

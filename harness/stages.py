@@ -6,7 +6,6 @@ and skips every finished eval.
 """
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 
@@ -114,7 +113,7 @@ def evaluate(ctx: RunContext, name: str, method, final_state: dict) -> dict[str,
         metrics = declaration.check(name, ev.run(method, ctx.suite, ctx.device, folder.eval_dir(name)))
         tracker.log_metrics(child, [(0, metrics)])
     folder.write_eval_result(name, {"metrics": metrics, "protocol": ev_cls.protocol, "preset": ev.preset,
-                                    "config_hash": cfg.hash, "declaration": json.loads(declaration.to_json())})
+                                    "config_hash": cfg.hash, "declaration": declaration.to_dict()})
     return metrics
 
 

@@ -51,7 +51,7 @@ def collect(reqs: list[RunRequest], eval_name: str, metric: str | None) -> tuple
         if eval_name not in results:
             missing.append(r)
             continue
-        declaration = declaration or Declaration.from_json(json.dumps(saved.get("declarations", {}).get(eval_name)))
+        declaration = declaration or Declaration.from_dict(saved.get("declarations", {}).get(eval_name))
         name = metric or (declaration.headline if declaration else None)
         if name not in results[eval_name]:
             raise UsageError(f"--metric {name}: eval '{eval_name}' reports {', '.join(sorted(results[eval_name]))}")

@@ -82,5 +82,7 @@ def test_pixels_is_a_baseline_read_by_the_same_protocols():
 
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(method.features(x), x.flatten(1)) and method.num_features == 3 * 32 * 32
-    with pytest.raises(Exception, match="nothing to train"):
+    from harness.errors import UsageError
+
+    with pytest.raises(UsageError, match="nothing to train"):
         build_config(RunRequest(method="pixels", suite="glyphs", epochs=1))
