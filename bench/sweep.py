@@ -64,8 +64,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--out", default="bench/out/sweep.jsonl")
     ap.add_argument("--suite", default="glyphs")
+    ap.add_argument("--seed", type=int, default=None, help="seed of every run whose line sets none")
     args = ap.parse_args()
     runs = parse_plan(Path(args.plan).read_text())
+    if args.seed is not None:
+        runs = [(m, {"seed": args.seed, **o}) for m, o in runs]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Data generated once, before the workers race to make it.

@@ -6,7 +6,7 @@ import torch
 
 from harness.config import Config, P
 from harness.errors import UsageError
-from methods.base import Method, TORCHVISION_INIT_ON_DIGITS
+from methods.base import Method, TORCHVISION_INIT_ON_DIGITS, glyphs_budget
 from methods.components.heads import mlp
 from methods.losses import barlow_twins_loss_distributed
 from methods.simclr import global_batchnorm, two_views
@@ -122,6 +122,7 @@ class BarlowTwins(OneDimLrScale, Method):
             # initialisation (bench/RESULTS.md, issue 4). 80 epochs = 1,760 steps.
             "train.epochs": 80,
         },
+        "glyphs": glyphs_budget(6),
     }
 
     def __init__(self, cfg: Config):

@@ -163,4 +163,12 @@ class Method(nn.Module):
 # of the official codes").
 TORCHVISION_INIT_ON_DIGITS = {"backbone.zero_init_residual": False}
 
+
+def glyphs_budget(epochs: int, extra: dict | None = None) -> dict:
+    """A method's `glyphs` profile on top of its `digits` one (glyphs takes those by
+    ``profile_from``): the budget for glyphs' 10,000 training images (3.5x digits'), sized so
+    the method's default run stays within 6 minutes on a 2-core CPU, kNN and linear
+    evaluation included (bench/RESULTS.md, the glyphs table)."""
+    return {"train.epochs": epochs, **(extra or {})}
+
 __all__ = ["Method", "P"]

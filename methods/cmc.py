@@ -17,7 +17,7 @@ from torch import nn
 from harness.config import Config, P
 from harness.data.transforms import crop_flip_transform
 from harness.errors import UsageError
-from methods.base import Method
+from methods.base import Method, glyphs_budget
 from methods.components.color import rgb_to_lab
 from methods.components.distributed import concat_all_gather
 from methods.components.memory import MemoryBank
@@ -97,6 +97,7 @@ class CMC(Method):
             "train.warmup_epochs": 1,
             "train.schedule": "cosine",
         },
+        "glyphs": glyphs_budget(6),
     }
 
     def __init__(self, cfg: Config):

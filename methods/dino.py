@@ -16,7 +16,7 @@ from torch import nn
 from harness import registry
 from harness.config import Config, P
 from harness.errors import UsageError
-from methods.base import Method
+from methods.base import Method, glyphs_budget
 from methods.components.distributed import all_reduce_mean
 from methods.components.heads import DINOHead
 from methods.components.momentum import cosine_increase, ema_update_, momentum_copy, warmup_constant
@@ -123,6 +123,7 @@ class DINO(Method):
             "train.min_lr_ratio": 0.01,
             "train.warmup_epochs": 1,
         },
+        "glyphs": glyphs_budget(3),
     }
 
     def __init__(self, cfg: Config):

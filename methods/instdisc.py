@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.config import Config, P
-from methods.base import Method
+from methods.base import Method, glyphs_budget
 from methods.components.distributed import concat_all_gather
 from methods.components.memory import MemoryBank
 from methods.components.views import augment_from_cfg
@@ -107,6 +107,7 @@ class InstDisc(Method):
             "train.warmup_epochs": 1,
             "train.decay_epochs": [48, 64],
         },
+        "glyphs": glyphs_budget(10, {"train.decay_epochs": [6, 8]})  # the steps at 60 % / 80 %, as digits',
     }
 
     def __init__(self, cfg: Config):

@@ -22,7 +22,7 @@ from torch import nn
 
 from harness.config import Config, P
 from harness.errors import UsageError
-from methods.base import Method, TORCHVISION_INIT_ON_DIGITS
+from methods.base import Method, TORCHVISION_INIT_ON_DIGITS, glyphs_budget
 from methods.components.distributed import batch_shuffle, batch_unshuffle, concat_all_gather, is_distributed
 from methods.components.heads import mlp
 from methods.components.memory import Queue, bn_stats_kept, data_batches
@@ -252,7 +252,8 @@ class MoCoV1(_QueueMoCo):
     # 80 epochs with the lr steps at 60 % / 80 %: kNN top-1 16.7 % at 15 epochs, 68.2 % at 80, against
     # the random initialisation's 35.4 % (bench/RESULTS.md, issue 4).
     suite_profiles = {"digits": queue_digits_profile(**{"train.schedule": "step", "train.epochs": 80,
-                                                        "train.decay_epochs": [48, 64]})}
+                                                        "train.decay_epochs": [48, 64]}),
+                      "glyphs": glyphs_budget(6, {"train.decay_epochs": [4, 5]})}
 
 
 class MoCoV2(_QueueMoCo):
@@ -262,7 +263,8 @@ class MoCoV2(_QueueMoCo):
     recipes = {"default": v2_recipe(200), "800ep": v2_recipe(800)}
     # 80 epochs (3,520 steps): kNN top-1 rises with the budget, 20.9 % at 15 epochs, 33.7 % at 40,
     # 55.4 % at 80, against 35.4 % for the random initialisation (bench/RESULTS.md, issue 4).
-    suite_profiles = {"digits": queue_digits_profile(**{"method.proj_hidden": 256, "train.epochs": 80})}
+    suite_profiles = {"digits": queue_digits_profile(**{"method.proj_hidden": 256, "train.epochs": 80}),
+                      "glyphs": glyphs_budget(6)}
 
 
 def v3_recipe() -> dict:
@@ -354,6 +356,7 @@ class MoCoV3(_MoCo):
             "train.epochs": 80,  # 3,520 steps, as moco_v1/v2 and instdisc
             "train.warmup_epochs": 1,
         },
+        "glyphs": glyphs_budget(4),
     }
 
     def __init__(self, cfg: Config):

@@ -16,7 +16,7 @@ from torchvision.transforms import v2 as T
 
 from harness.config import Config, P
 from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from methods.base import Method
+from methods.base import Method, glyphs_budget
 from methods.components.distributed import concat_all_gather
 from methods.components.memory import MemoryBank
 from methods.components.patches import Grid, cut_tiles
@@ -112,6 +112,7 @@ class PIRL(Method):
             "train.epochs": 60,
             "train.warmup_epochs": 1,
         },
+        "glyphs": glyphs_budget(6),
     }
 
     def __init__(self, cfg: Config):

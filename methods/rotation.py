@@ -7,7 +7,7 @@ from torch import nn
 
 from harness.config import Config, P
 from harness.data.transforms import crop_flip_transform
-from methods.base import Method
+from methods.base import Method, glyphs_budget
 
 GIDARIS = "Gidaris et al. 2018, Sec. 3 / CIFAR-10 setup"
 REVISITING = "Kolesnikov et al. 2019 code, config/rotation/imagenet.sh"
@@ -82,6 +82,7 @@ class Rotation(Method):
             # Digits are not mirror-symmetric; a flip would add a label-changing augmentation.
             "method.flip": False,
         },
+        "glyphs": glyphs_budget(4),
     }
 
     def __init__(self, cfg: Config):

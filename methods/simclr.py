@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import nn
 
 from harness.config import Config, P
-from methods.base import Method, TORCHVISION_INIT_ON_DIGITS
+from methods.base import Method, TORCHVISION_INIT_ON_DIGITS, glyphs_budget
 from methods.components.distributed import is_distributed
 from methods.components.heads import mlp
 from methods.components.views import MultiView, augment_from_cfg
@@ -119,6 +119,7 @@ class SimCLR(Method):
     }
     suite_profiles = {
         "digits": DIGITS_TWO_VIEW,
+        "glyphs": glyphs_budget(6),
     }
 
     def __init__(self, cfg: Config):

@@ -9,7 +9,7 @@ zero (``backbone.zero_init_residual``, as the official builder sets).
 from __future__ import annotations
 
 from harness.config import Config, P
-from methods.base import Method, TORCHVISION_INIT_ON_DIGITS
+from methods.base import Method, TORCHVISION_INIT_ON_DIGITS, glyphs_budget
 from methods.components.heads import mlp
 from methods.components.views import MultiView, augment_from_cfg
 from methods.losses import simsiam_loss
@@ -61,6 +61,7 @@ class SimSiam(Method):
             "train.epochs": 8,
             "train.warmup_epochs": 1,
         },
+        "glyphs": glyphs_budget(6),
     }
 
     def __init__(self, cfg: Config):

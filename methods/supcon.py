@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import Config, P
-from methods.base import Method
+from methods.base import Method, glyphs_budget
 from methods.components.distributed import concat_all_gather, gather_with_grad
 from methods.components.heads import mlp
 from methods.losses import supcon_loss
@@ -56,6 +56,7 @@ class SupCon(Method):
             # 12-epoch digits sweep, kNN top-1 88 -> 96 % with labels, 41 -> 46 % without.
             "method.proj_norm": True,
         },
+        "glyphs": glyphs_budget(6),
     }
 
     def __init__(self, cfg: Config):

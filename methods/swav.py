@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.config import Config, P
-from methods.base import Method
+from methods.base import Method, glyphs_budget
 from methods.components.heads import mlp
 from methods.components.views import DIGITS_MULTI_CROP, augment_from_cfg, multi_crop, split_by_size
 from methods.losses import swav_loss_distributed
@@ -96,6 +96,7 @@ class SwAV(Method):
             "train.min_lr_ratio": 0.01,
             "train.warmup_epochs": 1,
         },
+        "glyphs": glyphs_budget(3),
     }
 
     def __init__(self, cfg: Config):

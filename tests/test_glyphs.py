@@ -86,3 +86,19 @@ def test_pixels_is_a_baseline_read_by_the_same_protocols():
 
     with pytest.raises(UsageError, match="nothing to train"):
         build_config(RunRequest(method="pixels", suite="glyphs", epochs=1))
+
+
+def test_every_method_resolves_on_glyphs_with_a_budget_of_its_own():
+    """Each method's default run on the default suite: the glyphs layer (on top of digits')
+    names only keys the method has and values its rules accept, and every method whose digits
+    budget would not fit glyphs' 3.5x images has a glyphs one."""
+    from harness import registry
+    from harness.pipeline import RunRequest, build_config
+
+    over_budget = []
+    for name in registry.methods.names():
+        cfg = build_config(RunRequest(method=name, suite="glyphs"))[0]
+        digits_epochs = build_config(RunRequest(method=name, suite="digits"))[0]["train.epochs"]
+        if digits_epochs > 12 and cfg["train.epochs"] == digits_epochs:
+            over_budget.append(f"{name} ({digits_epochs} epochs)")
+    assert not over_budget, f"no glyphs budget: {over_budget}"
