@@ -164,6 +164,14 @@ class Method(nn.Module):
 TORCHVISION_INIT_ON_DIGITS = {"backbone.zero_init_residual": False}
 
 
+# glyphs gives every image a random glyph colour and background gradient; standard colour
+# jitter (hue 0.1) keeps them, so "which colours" identifies an image across its two views and
+# the non-contrastive objectives settle on it instead of the shape. Greyscale views take that
+# code away: vicreg kNN top-1 13.2 -> 21.4 % (linear 20.8 -> 37.7), byol 9.8 -> 12.9, moco_v2
+# linear 18.7 (8 epochs, colour) -> 23.9 (6, grey) (seed 0, bench/RESULTS.md, glyphs probes). SimCLR's in-batch contrast does not need it (46.3 %).
+GREY_VIEWS_ON_GLYPHS = {"method.aug.grayscale_p": 1.0}
+
+
 def glyphs_budget(epochs: int, extra: dict | None = None) -> dict:
     """A method's `glyphs` profile on top of its `digits` one (glyphs takes those by
     ``profile_from``): the budget for glyphs' 10,000 training images (3.5x digits'), sized so

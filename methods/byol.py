@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from harness.config import Config, P
-from methods.base import Method, TORCHVISION_INIT_ON_DIGITS, glyphs_budget
+from methods.base import Method, TORCHVISION_INIT_ON_DIGITS, glyphs_budget, GREY_VIEWS_ON_GLYPHS
 from methods.components.heads import mlp
 from methods.components.momentum import cosine_increase, ema_update_, momentum_copy
 from methods.components.views import MultiView, augment_from_cfg
@@ -66,7 +66,7 @@ class BYOL(Method):
             "train.epochs": 8,
             "train.warmup_epochs": 1,
         },
-        "glyphs": glyphs_budget(4),
+        "glyphs": glyphs_budget(4, GREY_VIEWS_ON_GLYPHS),
     }
 
     def __init__(self, cfg: Config):

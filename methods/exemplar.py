@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from harness.config import Config, P
-from methods.base import Method
+from methods.base import Method, glyphs_budget
 from methods.components.patches import normalize_tiles
 
 DOSOVITSKIY = "Dosovitskiy et al. 2014"
@@ -93,6 +93,7 @@ class Exemplar(Method):
             "train.epochs": 5,
             "train.warmup_epochs": 1,
         },
+        "glyphs": glyphs_budget(3),  # 5 epochs took 578 s with two runs at once
     }
 
     def __init__(self, cfg: Config):

@@ -22,7 +22,7 @@ from torch import nn
 
 from harness.config import Config, P
 from harness.errors import UsageError
-from methods.base import Method, TORCHVISION_INIT_ON_DIGITS, glyphs_budget
+from methods.base import Method, TORCHVISION_INIT_ON_DIGITS, glyphs_budget, GREY_VIEWS_ON_GLYPHS
 from methods.components.distributed import batch_shuffle, batch_unshuffle, concat_all_gather, is_distributed
 from methods.components.heads import mlp
 from methods.components.memory import Queue, bn_stats_kept, data_batches
@@ -264,7 +264,7 @@ class MoCoV2(_QueueMoCo):
     # 80 epochs (3,520 steps): kNN top-1 rises with the budget, 20.9 % at 15 epochs, 33.7 % at 40,
     # 55.4 % at 80, against 35.4 % for the random initialisation (bench/RESULTS.md, issue 4).
     suite_profiles = {"digits": queue_digits_profile(**{"method.proj_hidden": 256, "train.epochs": 80}),
-                      "glyphs": glyphs_budget(6)}
+                      "glyphs": glyphs_budget(6, GREY_VIEWS_ON_GLYPHS)}
 
 
 def v3_recipe() -> dict:

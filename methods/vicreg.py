@@ -6,7 +6,7 @@ import torch
 
 from harness.config import Config, P
 from methods.barlow_twins import DIGITS_BYOL_VIEWS, byol_augment_recipe
-from methods.base import Method, glyphs_budget
+from methods.base import Method, glyphs_budget, GREY_VIEWS_ON_GLYPHS
 from methods.components.distributed import gather_with_grad
 from methods.components.heads import mlp
 from methods.losses import vicreg_loss
@@ -53,7 +53,7 @@ class VICReg(Method):
             "method.expander": [1024, 1024, 1024],
             "method.std_average": False,
         },
-        "glyphs": glyphs_budget(6),
+        "glyphs": glyphs_budget(6, GREY_VIEWS_ON_GLYPHS),
     }
 
     def __init__(self, cfg: Config):
