@@ -168,7 +168,8 @@ TORCHVISION_INIT_ON_DIGITS = {"backbone.zero_init_residual": False}
 # jitter (hue 0.1) keeps them, so "which colours" identifies an image across its two views and
 # the non-contrastive objectives settle on it instead of the shape. Greyscale views take that
 # code away: vicreg kNN top-1 13.2 -> 21.4 % (linear 20.8 -> 37.7), byol 9.8 -> 12.9, moco_v2
-# linear 18.7 (8 epochs, colour) -> 23.9 (6, grey) (seed 0, bench/RESULTS.md, glyphs probes). SimCLR's in-batch contrast does not need it (46.3 %).
+# linear 18.7 (8 epochs, colour) -> 23.9 (6, grey) (seed 0, bench/RESULTS.md, glyphs probes).
+# SimCLR's in-batch contrast does not need it (46.3 % with colour views).
 GREY_VIEWS_ON_GLYPHS = {"method.aug.grayscale_p": 1.0}
 
 

@@ -107,7 +107,8 @@ class InstDisc(Method):
             "train.warmup_epochs": 1,
             "train.decay_epochs": [48, 64],
         },
-        "glyphs": glyphs_budget(10, {"train.decay_epochs": [6, 8]})  # the steps at 60 % / 80 %, as digits',
+        # The lr steps at 60 % / 80 % of the budget, as in the digits profile.
+        "glyphs": glyphs_budget(10, {"train.decay_epochs": [6, 8]}),
     }
 
     def __init__(self, cfg: Config):
