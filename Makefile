@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps demo test test-slow bench clean
+.PHONY: install system-deps detectron2 detectron2-if-available demo test test-slow bench clean
 
 # torch/torchvision are pinned (with everything else) in constraints.txt; pip takes them from
 # the package index, never the +cpu wheel (no torchvision build matches it).
@@ -32,8 +32,23 @@ system-deps:
 	  else echo "note: slurm-wlm/munge/rsync missing and not root with apt-get: the Slurm tests will be skipped"; fi; \
 	fi
 
+# detectron2 (optional; not on PyPI) for `--eval detection` with backend=detectron2. Built from
+# DETECTRON2_SRC: a source folder, an archive, or a pip URL (default: its git repository, or the
+# source snapshot in ../shared/vendor/ where one sits beside this clone), always with
+# --no-build-isolation, into a wheel cached per machine (tools/build_detectron2.py).
+D2_VENDORED := $(firstword $(wildcard ../shared/vendor/detectron2-*.tar.gz))
+DETECTRON2_SRC ?= $(or $(D2_VENDORED),git+https://github.com/facebookresearch/detectron2.git)
+detectron2: install
+	$(PY) tools/build_detectron2.py "$(DETECTRON2_SRC)"
+
+# make test builds it where a snapshot is at hand (so its tests run for real) and otherwise
+# leaves it out: those tests then skip and say why.
+detectron2-if-available: install
+	@if [ -n "$(D2_VENDORED)" ] || [ -n "$$DETECTRON2_SRC" ]; then $(MAKE) --no-print-directory detectron2; \
+	else echo "note: no detectron2 source (DETECTRON2_SRC unset, no ../shared/vendor snapshot): its tests will be skipped"; fi
+
 # Layer rules first (import-linter contracts in pyproject.toml), then the tests.
-test: install system-deps
+test: install system-deps detectron2-if-available
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 

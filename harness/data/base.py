@@ -69,6 +69,14 @@ class Suite:
     def content_hash(self) -> str:
         raise NotImplementedError
 
+    def detection_splits(self, dataset: str):
+        """Where ``dataset`` (``voc07+12`` or ``coco2017``) is for this suite, as
+        ``harness.data.detection.DetectionSplits``; suites that provide DETECTION override it."""
+        from harness.errors import UsageError
+
+        raise UsageError(f"suite '{self.name}' has no detection data ({dataset}); it provides "
+                         f"{', '.join(describe_data(k) for k in self.provides)}")
+
     def pretrain_split(self, transform=None) -> ImageFolder:
         """The images pretraining reads (the train split unless a suite adds unlabeled ones)."""
         return self.split("train", transform)

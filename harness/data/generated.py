@@ -65,6 +65,7 @@ class GeneratedSuite(Suite):
 
     GENERATOR_VERSION: ClassVar[int] = 1
     SPLITS: ClassVar[tuple[str, ...]] = ("train", "val")
+    FILE_PATTERN: ClassVar[str] = "*.png"  # the files under SPLITS that the manifest lists
     # Generated folders older than this are from a killed generation (a run takes seconds).
     STALE_TMP_SECONDS: ClassVar[int] = 3600
 
@@ -126,7 +127,8 @@ class GeneratedSuite(Suite):
         root = self.prepare()
         files = self._manifest["files"]
         on_disk = sorted(
-            p.relative_to(root).as_posix() for split in self.SPLITS for p in (root / split).rglob("*.png")
+            p.relative_to(root).as_posix() for split in self.SPLITS for p in (root / split).rglob(self.FILE_PATTERN)
+            if p.is_file()
         )
         if on_disk != sorted(files):
             return False

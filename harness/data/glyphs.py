@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from harness.data.base import CLASSIFICATION, DETECTION
 from harness.data.generated import GeneratedSuite, png_bytes, positive_int, sha256
 from harness.errors import UsageError
 
@@ -143,12 +144,20 @@ class GlyphRenderer:
         each, boxes (x0, y0, x1, y1) in output pixels around the ink (detection scenes)."""
         side = size * SUPERSAMPLE
         rgb = self.background(rng, side)
-        objects = []
+        objects, placed = [], []
         for _ in range(n_objects):
             label = int(rng.integers(len(CLASSES)))
             patch = int(round(rng.uniform(*object_size) * side))
             mask_img = self.glyph_mask(rng, label, fonts[int(rng.integers(len(fonts)))], patch)
-            x, y = (int(v) for v in rng.integers(0, side - patch + 1, size=2))
+            # A place whose square overlaps no earlier glyph's by more than a quarter of the
+            # smaller one, so every glyph stays readable and its box is what a detector sees.
+            for _attempt in range(30):
+                x, y = (int(v) for v in rng.integers(0, side - patch + 1, size=2))
+                if all(_overlap((x, y, patch), q) <= 0.25 for q in placed):
+                    break
+            else:
+                continue  # a full scene: fewer objects rather than hidden ones
+            placed.append((x, y, patch))
             mask = np.zeros((side, side), dtype=np.float32)
             mask[y:y + patch, x:x + patch] = np.asarray(mask_img, dtype=np.float32) / 255.0
             colour = self.ink_colour(rng, rgb[y:y + patch, x:x + patch])
@@ -161,7 +170,14 @@ class GlyphRenderer:
         return self.finish(rng, rgb, size), objects
 
 
-def _library_versions() -> dict:
+def _overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """Intersection of two squares (x, y, side) over the smaller one's area."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[2], b[1] + b[2]) - max(a[1], b[1])
+    return max(w, 0) * max(h, 0) / min(a[2], b[2]) ** 2
+
+
+def library_versions() -> dict:
     import matplotlib
     import PIL
 
@@ -177,6 +193,7 @@ class GlyphsSuite(GeneratedSuite):
                    "own colour, position, scale, rotation, stroke and gradient background; val in 5 held-out fonts "
                    "(10 classes, generated locally, no download)")
     in_memory = True  # ~12,000 images of 3 KB: decoded once per process
+    provides = (CLASSIFICATION, DETECTION)  # detection: scenes of several glyphs (harness.data.scenes)
     GENERATOR_VERSION = GENERATOR_VERSION
     # Methods without a profile for this suite use their `digits` one: the same 32-px, 10-class
     # images and CPU budget; a `glyphs` profile overrides it where this suite needs other values.
@@ -195,6 +212,25 @@ class GlyphsSuite(GeneratedSuite):
         "eval.semi_supervised.epochs": [30, 10],
         "eval.semi_supervised.crop_scale_min": 0.35,
         "eval.semi_supervised.flip": False,
+        # Detection on 64-px scenes of 1-4 glyphs (600 train, 200 val), sized so the demo's
+        # `--eval all` stays within 5 minutes: the torchvision backend (no install), 80
+        # iterations of 4 images, smaller RPN/ROI batches and box head than the 800-px protocols,
+        # one trial; no flip (glyphs are not mirror-symmetric). bench/detection.py runs longer.
+        "eval.detection.backend": "torchvision",
+        "eval.detection.head": "fpn",
+        "eval.detection.max_iter": 80,
+        "eval.detection.steps": [60, 72],
+        "eval.detection.warmup_iters": 10,
+        "eval.detection.batch_size": 4,
+        "eval.detection.min_size": [64],
+        "eval.detection.max_size": 64,
+        "eval.detection.flip": False,
+        "eval.detection.roi_batch": 64,
+        "eval.detection.box_head_dim": 256,
+        "eval.detection.rpn_batch": 128,
+        "eval.detection.proposals_train": 300,
+        "eval.detection.proposals_test": 100,
+        "eval.detection.trials": 1,
     }
 
     def __init__(self, root: str | Path | None = None, image_size: int = 32, train_per_class: int = 1000,
@@ -207,6 +243,19 @@ class GlyphsSuite(GeneratedSuite):
             raise UsageError(f"suite 'glyphs' needs data.image_size >= 16, got {self.image_size}")
         self.train_per_class = positive_int("glyphs", "train_per_class", train_per_class)
         self.val_per_class = positive_int("glyphs", "val_per_class", val_per_class)
+
+    def detection_splits(self, dataset: str):
+        """The scenes in the layout ``dataset`` names: VOC07 (trainval -> test) for
+        ``voc07+12`` (the embedded data has no 2012 part), COCO train2017 -> val2017."""
+        from harness.data.detection import DetectionSplits
+        from harness.data.scenes import GlyphScenes
+
+        scenes = GlyphScenes(root=self.root, image_size=64)
+        if dataset == "voc07+12":
+            return DetectionSplits("voc", scenes.voc_root, ("2007_trainval",), "2007_test", CLASSES)
+        if dataset == "coco2017":
+            return DetectionSplits("coco", scenes.coco_root, ("train2017",), "val2017", CLASSES)
+        raise UsageError(f"detection dataset {dataset!r}: expected voc07+12 or coco2017")
 
     @property
     def folder_name(self) -> str:
@@ -239,4 +288,4 @@ class GlyphsSuite(GeneratedSuite):
                     records[rel] = {"sha256": sha256(data), "split": split, "label": c, "font": font}
         counts = {split: {"images": per_class[split] * len(CLASSES), "fonts": len(fonts[split])}
                   for split in self.SPLITS}
-        return self.manifest_of(records, blobs, counts, _library_versions())
+        return self.manifest_of(records, blobs, counts, library_versions())
