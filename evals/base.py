@@ -48,6 +48,10 @@ class Evaluator:
     needs: ClassVar[tuple[str, ...]] = (CLASSIFICATION,)
     # key (without the eval.<name>. prefix) -> rule, checked before any work.
     rules: ClassVar[dict[str, Rule]] = {}
+    # Hyperparameters that change what a result measures, not only how well (detection's
+    # backend): named after the preset in every result ("voc_c4/torchvision"), so no table
+    # pools results made under different values.
+    variant_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Config, feature_cache: str | Path | None = None):
         """``feature_cache``: the run's folder of features shared between evals (the run
@@ -60,9 +64,15 @@ class Evaluator:
         """Where this eval caches frozen features: the run's shared cache, else its own folder."""
         return self.feature_cache if self.feature_cache is not None else Path(out_dir) / "features"
 
+    @classmethod
+    def preset_label(cls, cfg: Config) -> str:
+        """The preset's name, with the values of ``variant_keys``: what results are labelled with."""
+        p = cfg.section(f"eval.{cls.name}")
+        return "/".join([p["preset"], *(str(p[k]) for k in cls.variant_keys)])
+
     @property
     def preset(self) -> str:
-        return self.params["preset"]
+        return self.preset_label(self.cfg)
 
     @classmethod
     def config_layer(cls, preset: str | None) -> dict[str, Any]:

@@ -179,7 +179,9 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
         written = folder.write_results(evals, cfg.hash)
     for name, m in results.items():
         decl = Declaration.from_dict(written["declarations"].get(name)) or Declaration.of(registry.evals.get(name))
-        log(f"[harness] {req.method} {name} ({cfg[f'eval.{name}.preset']}): {decl.summary(m)}")
+        ev_cls = registry.evals.get(name)
+        label = ev_cls.preset_label(cfg) if hasattr(ev_cls, "preset_label") else cfg[f"eval.{name}.preset"]
+        log(f"[harness] {req.method} {name} ({label}): {decl.summary(m)}")
     return results
 
 

@@ -168,6 +168,12 @@ def test_the_eval_runs_through_the_cli_with_the_torchvision_backend(tmp_path, mo
     (metrics,) = list((tmp_path / "runs").rglob("detection_trials.json"))
     trials = json.loads(metrics.read_text())
     assert trials["backend"] == "torchvision" and trials["preset"] == "voc_c4" and len(trials["trials"]) == 1
+    # Every result names its backend with the preset (tag, results file), so tables never mix them.
+    from harness.rundir import RunFolder
+
+    (folder,) = [p.parent for p in (tmp_path / "runs").rglob("config.yaml")]
+    result = RunFolder(folder).eval_result("detection")
+    assert result["preset"] == "voc_c4/torchvision" and set(result["metrics"]) >= {"AP", "AP50", "AP75", "voc07_AP50"}
 
 
 def test_without_detectron2_its_backend_exits_2_naming_the_install_command(tmp_path):
@@ -268,3 +274,37 @@ def test_detectron2_backend_trains_and_predicts_on_both_layouts(scenes, fmt, tmp
     s = score(test, preds, CLASSES)
     assert all(0 <= v <= 100 for v in s.values())
     assert list(tmp_path.glob("model_final.pth")) or list(tmp_path.glob("model_*.pth"))  # resumable checkpoints
+
+
+def test_a_killed_torchvision_fine_tuning_resumes_to_the_uninterrupted_result(scenes, tmp_path, monkeypatch):
+    from evals.detection import torchvision_backend as tb
+
+    splits = voc_splits(scenes)
+    train, test = splits.read("train"), splits.read("test")
+    from harness.backbones import create_backbone
+
+    net = create_backbone("resnet_small", width=0.25)
+    p = _tiny_params(max_iter=4)
+    whole = tb.train_and_predict(net, train, test, len(CLASSES), p, torch.device("cpu"), 3, "whole")
+
+    calls = {"n": 0}
+    real = tb.lr_at
+
+    def dies_at_iteration_3(step, params):
+        calls["n"] += 1
+        if step == 3:
+            raise KeyboardInterrupt("killed")  # as a preempted job: after the checkpoint at 2
+        return real(step, params)
+
+    monkeypatch.setattr(tb, "lr_at", dies_at_iteration_3)
+    with pytest.raises(KeyboardInterrupt):
+        tb.train_and_predict(net, train, test, len(CLASSES), p, torch.device("cpu"), 3, "killed", out_dir=tmp_path,
+                             checkpoint_every=2)
+    assert (tmp_path / "last.pt").exists()
+    monkeypatch.setattr(tb, "lr_at", real)
+    resumed = tb.train_and_predict(net, train, test, len(CLASSES), p, torch.device("cpu"), 3, "resumed",
+                                   out_dir=tmp_path, checkpoint_every=2)
+    assert len(resumed) == len(whole)
+    for a, b in zip(whole, resumed):
+        assert a["image_id"] == b["image_id"] and np.allclose(a["boxes"], b["boxes"], atol=1e-5)
+        assert np.allclose(a["scores"], b["scores"], atol=1e-6) and np.array_equal(a["labels"], b["labels"])

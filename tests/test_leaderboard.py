@@ -359,3 +359,20 @@ def test_leaderboard_needs_no_eval_or_method_code():
     for name in ("query.py", "aggregate.py", "render.py"):
         source = (Path(leaderboard.__file__).parent / name).read_text(encoding="utf-8")
         assert "top1" not in source and "top5" not in source, name
+
+
+def test_detection_backends_are_never_mixed_in_one_column():
+    from evals.detection import Detection
+
+    decl = Declaration.of(Detection)
+    table = leaderboard_table(_frame(
+        {"method": "moco_v2", "protocol": "detection transfer", "preset": "voc_c4/torchvision",
+         "metrics": {"AP50": 40.0, "AP": 20.0, "AP75": 18.0, "voc07_AP50": 41.0}, "declaration": decl},
+        {"method": "moco_v2", "protocol": "detection transfer", "preset": "voc_c4/detectron2", "start": 5,
+         "metrics": {"AP50": 50.0, "AP": 25.0, "AP75": 22.0, "voc07_AP50": 51.0}, "declaration": decl},
+    ))
+    columns = column_metrics(table)
+    tv, d2 = "detection transfer · voc_c4/torchvision · AP50", "detection transfer · voc_c4/detectron2 · AP50"
+    assert columns[tv].headline and columns[d2].headline and columns[tv].metric.unit == "AP"
+    row = table.set_index("method").loc["moco_v2"]
+    assert (row[tv], row[d2]) == (40.0, 50.0)  # one row, the two backends side by side, not averaged

@@ -81,6 +81,7 @@ class Detection(Evaluator):
         ap("voc07_AP50", "VOC2007 11-point AP at IoU 0.5, mean over trials"),
     )
     headline = "AP50"
+    variant_keys = ("backend",)  # results say which backend made them; tables never mix the two
     presets = {
         "voc_c4": _common("voc07+12", "c4", 24000, [18000, 22000], list(range(480, 801, 32)), 800,
                           f"{MOCO} pascal_voc_R_50_C4_24k_moco.yaml"),
@@ -119,17 +120,29 @@ class Detection(Evaluator):
         backbone = method.backbone
         rows = []
         for t in range(int(p["trials"])):
+            # Each trial keeps its checkpoints and, once scored, its result in its own folder:
+            # a requeued job skips finished trials and resumes the one it was in.
+            trial_dir = Path(out_dir) / f"trial{t}"
+            done = trial_dir / "scores.json"
+            if done.exists():
+                rows.append(json.loads(done.read_text()))
+                continue
             trial_seed = derive_seed(seed, 40, t)
             label = f"trial {t + 1}/{p['trials']}"
             if p["backend"] == "torchvision":
                 from evals.detection.torchvision_backend import train_and_predict
 
-                predictions = train_and_predict(backbone, train, test, len(splits.classes), p, device, trial_seed, label)
+                predictions = train_and_predict(backbone, train, test, len(splits.classes), p, device, trial_seed, label,
+                                                out_dir=trial_dir)
             else:
                 from evals.detection.detectron2_backend import train_and_predict
 
-                predictions = train_and_predict(method, self.cfg, splits, p, device, trial_seed, Path(out_dir) / f"trial{t}", label)
+                predictions = train_and_predict(method, self.cfg, splits, p, device, trial_seed, trial_dir, label)
             rows.append(score(test, predictions, splits.classes))
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            tmp = done.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rows[-1]) + "\n")
+            tmp.replace(done)
         out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         if len(rows) > 1:
             out.update({f"{k}_std": float(np.std([r[k] for r in rows], ddof=1)) for k in rows[0]})

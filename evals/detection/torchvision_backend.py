@@ -11,8 +11,10 @@ never puts the two in one column.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.transforms.v2 import functional as TF
 
+from harness import checkpoint
 from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from harness.errors import UsageError
 from harness.progress import progress
@@ -124,9 +127,15 @@ def lr_at(step: int, p: dict) -> float:
 
 
 def train_and_predict(backbone: nn.Module, train: list[dict], test: list[dict], n_classes: int, p: dict,
-                      device: torch.device, seed: int, label: str) -> list[dict]:
+                      device: torch.device, seed: int, label: str, out_dir: Path | None = None,
+                      checkpoint_every: int | None = None) -> list[dict]:
     """Fine-tune a Faster R-CNN (backbone included, BN in train mode as in MoCo's protocol) for
-    ``max_iter`` iterations and return its predictions on ``test``."""
+    ``max_iter`` iterations and return its predictions on ``test``.
+
+    With ``out_dir``, the model, optimizer, data order and RNG states are saved there atomically
+    every ``checkpoint_every`` iterations (a quarter of the schedule by default) and a rerun
+    resumes from the last one, ending where an uninterrupted run ends (a requeued job loses at
+    most that much work)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_model(backbone, n_classes, p).to(device)
@@ -135,9 +144,19 @@ def train_and_predict(backbone: nn.Module, train: list[dict], test: list[dict], 
     bs, iters = int(p["batch_size"]), int(p["max_iter"])
     train = [r for r in train if r["annotations"]] or train  # detectron2 drops empty images in training
     order: list[int] = []
+    start = 0
+    every = max(1, checkpoint_every or iters // 4)
+    ckpt = Path(out_dir) / "last.pt" if out_dir is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = checkpoint.load(ckpt)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        order, start = state["order"].tolist(), int(state["iteration"])
     model.train()
-    bar = progress(total=iters, desc=f"detection {label}", unit="iter")
-    for it in range(iters):
+    bar = progress(total=iters, initial=start, desc=f"detection {label}", unit="iter")
+    for it in range(start, iters):
         if len(order) < bs:
             order += rng.permutation(len(train)).tolist()
         batch, order = [train[i] for i in order[:bs]], order[bs:]
@@ -159,7 +178,12 @@ def train_and_predict(backbone: nn.Module, train: list[dict], test: list[dict], 
         loss.backward()
         opt.step()
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if ckpt is not None and (it + 1) % every == 0 and it + 1 < iters:
+            checkpoint.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it + 1,
+                                    "order": torch.tensor(order, dtype=torch.int64),
+                                    "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state()},
+                                   ckpt)
     bar.close()
     model.eval()
     predictions = []
