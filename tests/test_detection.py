@@ -132,7 +132,7 @@ def test_voc07_ap_ignores_difficult_objects_and_counts_duplicates_as_false_posit
 
 
 def _tiny_params(**extra) -> dict:
-    p = {"backend": "torchvision", "head": "fpn", "max_iter": 3, "steps": [2], "batch_size": 2, "lr": 0.01,
+    p = {"mask": False, "backend": "torchvision", "head": "fpn", "max_iter": 3, "steps": [2], "batch_size": 2, "lr": 0.01,
          "warmup_iters": 1, "momentum": 0.9, "weight_decay": 1e-4, "min_size": [64], "max_size": 64, "flip": True,
          "roi_batch": 16, "box_head_dim": 32, "rpn_batch": 16, "proposals_train": 50, "proposals_test": 20}
     return {**p, **extra}
@@ -308,3 +308,55 @@ def test_a_killed_torchvision_fine_tuning_resumes_to_the_uninterrupted_result(sc
     for a, b in zip(whole, resumed):
         assert a["image_id"] == b["image_id"] and np.allclose(a["boxes"], b["boxes"], atol=1e-5)
         assert np.allclose(a["scores"], b["scores"], atol=1e-6) and np.array_equal(a["labels"], b["labels"])
+
+
+@pytest.mark.parametrize("backend", ["torchvision", pytest.param("detectron2", marks=pytest.mark.skipif(not HAS_D2, reason=NO_D2))])
+def test_mask_rcnn_trains_on_the_scenes_coco_masks_and_reports_mask_ap(scenes, backend, tmp_path):
+    from harness.backbones import create_backbone
+    from evals.detection import score
+
+    splits = coco_splits(scenes)
+    test = splits.read("test")
+    p = _tiny_params(mask=True, backend=backend)
+    net = create_backbone("resnet_small", width=0.25)
+    if backend == "torchvision":
+        from evals.detection.torchvision_backend import train_and_predict
+
+        preds = train_and_predict(net, splits.read("train"), test, len(CLASSES), p, torch.device("cpu"), 0, "mask")
+    else:
+        from evals.detection.detectron2_backend import train_and_predict
+
+        class M:
+            backbone = net
+
+        preds = train_and_predict(M, None, splits, p, torch.device("cpu"), 0, tmp_path, "mask")
+    assert all(pr["masks"].shape[1:] == (64, 64) and pr["masks"].dtype == bool for pr in preds if len(pr["boxes"]))
+    s = score(test, preds, CLASSES, masks=True)
+    assert {"mask_AP", "mask_AP50", "mask_AP75"} <= set(s) and all(0 <= v <= 100 for v in s.values())
+
+
+def test_mask_ap_is_100_for_the_true_masks_and_0_for_empty_ones(scenes):
+    from evals.detection import score
+    from evals.detection.torchvision_backend import decode_mask
+
+    records = read_coco(scenes.coco_root, "val2017", CLASSES)
+    perfect = _perfect(records)
+    for p, r in zip(perfect, records):
+        p["masks"] = np.stack([decode_mask(a["segmentation"], 64, 64).astype(bool) for a in r["annotations"]])
+    s = score(records, perfect, CLASSES, masks=True)
+    assert s["mask_AP"] == pytest.approx(100) and s["AP"] == pytest.approx(100)
+    for p in perfect:
+        p["masks"] = np.zeros_like(p["masks"])
+    assert score(records, perfect, CLASSES, masks=True)["mask_AP50"] == 0
+
+
+def test_a_mask_preset_on_data_without_masks_is_refused_in_one_line(tmp_path):
+    from harness.cli import main
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["run", "--method", "random", "--eval", "detection", "eval.detection.mask=true",
+                   "--output-dir", str(tmp_path / "runs")])
+    assert rc == 2 and "eval.detection.mask=true needs instance masks" in err.getvalue()

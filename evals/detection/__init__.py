@@ -40,8 +40,9 @@ def ap(name: str, description: str) -> Metric:
 
 
 def _common(dataset: str, head: str, max_iter: int, steps: list[int], min_train: list[int], min_test: int,
-            source: str) -> dict:
+            source: str, mask: bool) -> dict:
     return {
+        "mask": P(mask, f"{source}: {'Mask R-CNN, box and mask AP' if mask else 'Faster R-CNN, box AP'}"),
         "backend": P("detectron2", f"{MOCO}: detectron2"),
         "dataset": P(dataset, source),
         "head": P(head, source),
@@ -79,19 +80,24 @@ class Detection(Evaluator):
         ap("AP", "box AP at IoU .50:.95 (COCOeval), mean over trials"),
         ap("AP75", "box AP at IoU 0.75 (COCOeval), mean over trials"),
         ap("voc07_AP50", "VOC2007 11-point AP at IoU 0.5, mean over trials"),
+        ap("mask_AP", "mask AP at IoU .50:.95 (COCOeval segm; presets with masks), mean over trials"),
+        ap("mask_AP50", "mask AP at IoU 0.5, mean over trials"),
+        ap("mask_AP75", "mask AP at IoU 0.75, mean over trials"),
     )
     headline = "AP50"
     variant_keys = ("backend",)  # results say which backend made them; tables never mix the two
     presets = {
         "voc_c4": _common("voc07+12", "c4", 24000, [18000, 22000], list(range(480, 801, 32)), 800,
-                          f"{MOCO} pascal_voc_R_50_C4_24k_moco.yaml"),
-        "coco_c4_1x": _common("coco2017", "c4", 90000, [60000, 80000], COCO_MIN, 800, f"{MOCO} coco_R_50_C4_1x_moco.yaml"),
-        "coco_c4_2x": _common("coco2017", "c4", 180000, [120000, 160000], COCO_MIN, 800, f"{MOCO} coco_R_50_C4_2x_moco.yaml"),
+                          f"{MOCO} pascal_voc_R_50_C4_24k_moco.yaml", mask=False),
+        "coco_c4_1x": _common("coco2017", "c4", 90000, [60000, 80000], COCO_MIN, 800, f"{MOCO} coco_R_50_C4_1x_moco.yaml",
+                              mask=True),
+        "coco_c4_2x": _common("coco2017", "c4", 180000, [120000, 160000], COCO_MIN, 800,
+                              f"{MOCO} coco_R_50_C4_2x_moco.yaml", mask=True),
         "coco_fpn_1x": _common("coco2017", "fpn", 90000, [60000, 80000], COCO_MIN, 800,
-                               "detectron2 configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"),
+                               "detectron2 configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", mask=True),
     }
     rules = {
-        "backend": one_of(*BACKENDS), "dataset": one_of(*DATASETS), "head": one_of("c4", "fpn"),
+        "mask": one_of(True, False), "backend": one_of(*BACKENDS), "dataset": one_of(*DATASETS), "head": one_of("c4", "fpn"),
         "max_iter": integer(1), "steps": each(integer(0)), "batch_size": integer(1), "lr": number(0, lo_open=True),
         "warmup_iters": integer(0), "momentum": number(0, 1), "weight_decay": number(0), "min_size": each(integer(8)),
         "max_size": integer(8), "roi_batch": integer(1), "box_head_dim": integer(1), "rpn_batch": integer(1), "proposals_train": integer(1),
@@ -116,6 +122,9 @@ class Detection(Evaluator):
         train, test = splits.read("train"), splits.read("test")
         if not train or not test:
             raise UsageError(f"detection: {p['dataset']} under {splits.root} has no {'training' if not train else 'test'} images")
+        if p["mask"] and not any("segmentation" in a for r in train[:50] for a in r["annotations"]):
+            raise UsageError(f"eval.detection.mask=true needs instance masks (COCO annotations with segmentation); "
+                             f"{p['dataset']} under {splits.root} has none: set eval.detection.mask=false")
         seed = int(self.cfg["seed"])
         backbone = method.backbone
         rows = []
@@ -138,7 +147,7 @@ class Detection(Evaluator):
                 from evals.detection.detectron2_backend import train_and_predict
 
                 predictions = train_and_predict(method, self.cfg, splits, p, device, trial_seed, trial_dir, label)
-            rows.append(score(test, predictions, splits.classes))
+            rows.append(score(test, predictions, splits.classes, masks=bool(p["mask"])))
             trial_dir.mkdir(parents=True, exist_ok=True)
             tmp = done.with_suffix(".tmp")
             tmp.write_text(json.dumps(rows[-1]) + "\n")
@@ -152,7 +161,10 @@ class Detection(Evaluator):
         return out
 
 
-def score(records: list[dict], predictions: list[dict], classes: tuple[str, ...]) -> dict[str, float]:
+def score(records: list[dict], predictions: list[dict], classes: tuple[str, ...], masks: bool = False) -> dict[str, float]:
     from evals.detection.scoring import coco_ap, voc07_ap50
 
-    return {**coco_ap(records, predictions, classes), "voc07_AP50": voc07_ap50(records, predictions, len(classes))}
+    out = {**coco_ap(records, predictions, classes), "voc07_AP50": voc07_ap50(records, predictions, len(classes))}
+    if masks:
+        out.update(coco_ap(records, predictions, classes, iou_type="segm"))
+    return out

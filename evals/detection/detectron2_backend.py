@@ -162,6 +162,9 @@ def build_cfg(backbone, n_classes: int, p: dict, device: torch.device, out_dir: 
         cfg.MODEL.RPN.IN_FEATURES = ["p1", "p2", "p3", "p4"]
         cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p1", "p2", "p3"]
         cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32], [64], [128]]
+    cfg.MODEL.MASK_ON = bool(p["mask"])
+    if p["mask"] and p["head"] == "fpn":
+        cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 4  # mask_rcnn_R_50_FPN_*.yaml (the C4 head has none: Base-RCNN-C4)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = n_classes
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = int(p["roi_batch"])
     cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = int(p["rpn_batch"])
@@ -224,6 +227,8 @@ def train_and_predict(method, harness_cfg, splits, p: dict, device: torch.device
     _register_records(train_name, train_records, splits.classes)
     _register_records(test_name, test_records, splits.classes)
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train_name,), (test_name,)
+    if any(isinstance(a.get("segmentation"), dict) for r in train_records[:50] for a in r["annotations"]):
+        cfg.INPUT.MASK_FORMAT = "bitmask"  # RLE masks (the embedded scenes); COCO's polygons keep the default
     cfg.freeze()
 
     torch.manual_seed(seed)
@@ -251,6 +256,9 @@ def train_and_predict(method, harness_cfg, splits, p: dict, device: torch.device
         for inputs in build_detection_test_loader(cfg, test_name):
             for inp, out in zip(inputs, model(inputs)):
                 inst = out["instances"].to("cpu")
-                predictions.append({"image_id": inp["image_id"], "boxes": inst.pred_boxes.tensor.numpy(),
-                                    "scores": inst.scores.numpy(), "labels": inst.pred_classes.numpy().astype(np.int64)})
+                pred = {"image_id": inp["image_id"], "boxes": inst.pred_boxes.tensor.numpy(),
+                        "scores": inst.scores.numpy(), "labels": inst.pred_classes.numpy().astype(np.int64)}
+                if inst.has("pred_masks"):
+                    pred["masks"] = inst.pred_masks.numpy().astype(bool)
+                predictions.append(pred)
     return predictions

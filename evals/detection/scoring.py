@@ -23,38 +23,49 @@ def to_coco(records: list[dict], classes: tuple[str, ...]) -> tuple[dict, dict]:
         images.append({"id": ids[r["image_id"]], "width": r["width"], "height": r["height"]})
         for a in r["annotations"]:
             x0, y0, x1, y1 = a["bbox"]
-            anns.append({"id": len(anns) + 1, "image_id": ids[r["image_id"]], "category_id": a["category_id"] + 1,
-                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                         # VOC's difficult objects count as crowd: matches to them are neither TP nor FP.
-                         "iscrowd": int(a.get("iscrowd", 0) or a.get("difficult", 0))})
+            ann = {"id": len(anns) + 1, "image_id": ids[r["image_id"]], "category_id": a["category_id"] + 1,
+                   "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                   # VOC's difficult objects count as crowd: matches to them are neither TP nor FP.
+                   "iscrowd": int(a.get("iscrowd", 0) or a.get("difficult", 0))}
+            if "segmentation" in a:
+                ann["segmentation"] = a["segmentation"]
+            anns.append(ann)
     cats = [{"id": i + 1, "name": c} for i, c in enumerate(classes)]
     return {"images": images, "annotations": anns, "categories": cats}, ids
 
 
-def coco_ap(records: list[dict], predictions: list[dict], classes: tuple[str, ...]) -> dict[str, float]:
-    """AP (IoU .50:.95), AP50 and AP75 in %, by pycocotools' COCOeval."""
+def coco_ap(records: list[dict], predictions: list[dict], classes: tuple[str, ...], iou_type: str = "bbox") -> dict[str, float]:
+    """AP (IoU .50:.95), AP50 and AP75 in %, by pycocotools' COCOeval; ``iou_type="segm"``
+    scores the predictions' ``masks`` (bool [N, H, W]) against the records' segmentations and
+    names the results mask_AP, mask_AP50, mask_AP75."""
+    from pycocotools import mask as mask_util
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     gt, ids = to_coco(records, classes)
     dets = []
     for p in predictions:
-        for (x0, y0, x1, y1), s, c in zip(np.asarray(p["boxes"]).tolist(), np.asarray(p["scores"]).tolist(),
-                                          np.asarray(p["labels"]).tolist()):
-            dets.append({"image_id": ids[p["image_id"]], "category_id": int(c) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                         "score": float(s)})
+        masks = p.get("masks") if iou_type == "segm" else None
+        for i, ((x0, y0, x1, y1), s, c) in enumerate(zip(np.asarray(p["boxes"]).tolist(), np.asarray(p["scores"]).tolist(),
+                                                          np.asarray(p["labels"]).tolist())):
+            det = {"image_id": ids[p["image_id"]], "category_id": int(c) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                   "score": float(s)}
+            if masks is not None:
+                det["segmentation"] = mask_util.encode(np.asfortranarray(np.asarray(masks[i], dtype=np.uint8)))
+            dets.append(det)
+    names = ("AP", "AP50", "AP75") if iou_type == "bbox" else ("mask_AP", "mask_AP50", "mask_AP75")
     if not dets:
-        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+        return dict.fromkeys(names, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its tables
         api = COCO()
         api.dataset = gt
         api.createIndex()
-        ev = COCOeval(api, api.loadRes(dets), "bbox")
+        ev = COCOeval(api, api.loadRes(dets), iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     # stats[0..2]: AP@[.5:.95], AP@.5, AP@.75 over all areas, maxDets 100; -1 where no ground truth.
-    return {k: max(0.0, float(v)) * 100 for k, v in zip(("AP", "AP50", "AP75"), ev.stats[:3])}
+    return {k: max(0.0, float(v)) * 100 for k, v in zip(names, ev.stats[:3])}
 
 
 def voc07_ap50(records: list[dict], predictions: list[dict], n_classes: int) -> float:

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -92,14 +93,17 @@ def build_model(backbone: nn.Module, n_classes: int, p: dict) -> FasterRCNN:
     anchor_sizes = pyramid.anchor_sizes()
     anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
     dim = int(p["box_head_dim"])
-    return FasterRCNN(
+    # Mask R-CNN: the box model plus detectron2's default mask head (4 convs of 256, 14x14 RoIAlign).
+    extra = {"mask_predictor": MaskRCNNPredictor(256, 256, n_classes + 1)} if p.get("mask") else {}
+    detector = MaskRCNN if p.get("mask") else FasterRCNN
+    return detector(
         pyramid, rpn_anchor_generator=anchors,
         box_head=TwoMLPHead(pyramid.out_channels * 7 * 7, dim), box_predictor=FastRCNNPredictor(dim, n_classes + 1),
         min_size=sizes[:-1] or sizes, max_size=int(p["max_size"]), image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
         box_batch_size_per_image=int(p["roi_batch"]), rpn_batch_size_per_image=int(p["rpn_batch"]),
         rpn_pre_nms_top_n_train=2 * int(p["proposals_train"]), rpn_post_nms_top_n_train=int(p["proposals_train"]),
         rpn_pre_nms_top_n_test=2 * int(p["proposals_test"]), rpn_post_nms_top_n_test=int(p["proposals_test"]),
-        box_detections_per_img=100,
+        box_detections_per_img=100, **extra,
     )
 
 
@@ -108,12 +112,31 @@ def _load(record: dict) -> torch.Tensor:
         return TF.to_dtype(TF.to_image(im.convert("RGB")), torch.float32, scale=True)
 
 
-def _target(record: dict, flip: bool, width: int) -> dict:
+def decode_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """A COCO segmentation (polygons, RLE or uncompressed RLE) as a uint8 [H, W] mask (pycocotools)."""
+    from pycocotools import mask as mask_util
+
+    if isinstance(segmentation, list):  # polygons
+        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+        rle = mask_util.frPyObjects(segmentation, height, width)
+    else:
+        rle = dict(segmentation, counts=segmentation["counts"].encode() if isinstance(segmentation["counts"], str)
+                   else segmentation["counts"])
+    return mask_util.decode(rle)
+
+
+def _target(record: dict, flip: bool, width: int, masks: bool = False) -> dict:
     anns = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
     boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
     if flip:
         boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-    return {"boxes": boxes, "labels": torch.tensor([a["category_id"] + 1 for a in anns], dtype=torch.int64)}
+    target = {"boxes": boxes, "labels": torch.tensor([a["category_id"] + 1 for a in anns], dtype=torch.int64)}
+    if masks:
+        m = np.stack([decode_mask(a["segmentation"], record["height"], record["width"]) for a in anns]) if anns \
+            else np.zeros((0, record["height"], record["width"]), dtype=np.uint8)
+        target["masks"] = torch.from_numpy(m[..., ::-1].copy() if flip else m)
+    return target
 
 
 def lr_at(step: int, p: dict) -> float:
@@ -167,7 +190,7 @@ def train_and_predict(backbone: nn.Module, train: list[dict], test: list[dict], 
             if flip:
                 img = img.flip(-1)
             images.append(img.to(device))
-            targets.append({k: v.to(device) for k, v in _target(r, flip, img.shape[-1]).items()})
+            targets.append({k: v.to(device) for k, v in _target(r, flip, img.shape[-1], bool(p.get("mask"))).items()})
         for g in opt.param_groups:
             g["lr"] = lr_at(it, p)
         losses = model(images, targets)
@@ -192,6 +215,9 @@ def train_and_predict(backbone: nn.Module, train: list[dict], test: list[dict], 
             chunk = test[i:i + bs]
             outs = model([_load(r).to(device) for r in chunk])
             for r, o in zip(chunk, outs):
-                predictions.append({"image_id": r["image_id"], "boxes": o["boxes"].cpu().numpy(),
-                                    "scores": o["scores"].cpu().numpy(), "labels": (o["labels"] - 1).cpu().numpy()})
+                pred = {"image_id": r["image_id"], "boxes": o["boxes"].cpu().numpy(),
+                        "scores": o["scores"].cpu().numpy(), "labels": (o["labels"] - 1).cpu().numpy()}
+                if "masks" in o:  # soft masks pasted into the image: kept above one half, as detectron2
+                    pred["masks"] = (o["masks"][:, 0] > 0.5).cpu().numpy()
+                predictions.append(pred)
     return predictions

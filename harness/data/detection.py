@@ -3,7 +3,7 @@
 A record is detectron2's dataset dict (so the same list registers in its ``DatasetCatalog`` and
 feeds the torchvision backend): ``file_name``, ``image_id``, ``height``, ``width`` and
 ``annotations``, each ``{"bbox": [x0, y0, x1, y1], "bbox_mode": 0 (XYXY_ABS),
-"category_id": 0-based class index}``. Boxes are in continuous pixel coordinates
+"category_id": 0-based class index}`` and, from COCO, its ``segmentation`` (polygons or RLE). Boxes are in continuous pixel coordinates
 (VOC's 1-based inclusive corners become ``xmin - 1, ymin - 1, xmax, ymax``, as detectron2 does).
 
 Layouts (the ones users download):
@@ -127,8 +127,11 @@ def read_coco(root: str | Path, split: str, classes: tuple[str, ...] | None = No
                 continue  # degenerate boxes (a few in COCO), dropped as detectron2 does
             if a["category_id"] not in to_index:
                 raise UsageError(f"COCO: {ann} annotation {a['id']} has unknown category_id {a['category_id']}")
-            annotations.append({"bbox": [x, y, x + w, y + h], "bbox_mode": 0, "category_id": to_index[a["category_id"]],
-                                "iscrowd": int(a.get("iscrowd", 0))})
+            ann = {"bbox": [x, y, x + w, y + h], "bbox_mode": 0, "category_id": to_index[a["category_id"]],
+                   "iscrowd": int(a.get("iscrowd", 0))}
+            if a.get("segmentation"):  # polygons (COCO) or RLE (crowds, the embedded scenes)
+                ann["segmentation"] = a["segmentation"]
+            annotations.append(ann)
         records.append({"file_name": str(images / img["file_name"]), "image_id": img["id"], "height": img["height"],
                         "width": img["width"], "annotations": annotations})
     return records

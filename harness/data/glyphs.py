@@ -139,12 +139,14 @@ class GlyphRenderer:
         return self.finish(rng, rgb, size)
 
     def scene(self, rng: np.random.Generator, fonts: tuple[str, ...], size: int, n_objects: int,
-              object_size: tuple[float, float] = (0.2, 0.45)) -> tuple[np.ndarray, list[tuple[int, tuple[int, int, int, int]]]]:
+              object_size: tuple[float, float] = (0.2, 0.45), masks: bool = False):
         """An image of ``n_objects`` glyphs at random places and sizes, with (label, box) for
-        each, boxes (x0, y0, x1, y1) in output pixels around the ink (detection scenes)."""
+        each, boxes (x0, y0, x1, y1) in output pixels around the ink (detection scenes).
+        ``masks=True`` also returns each glyph's visible ink as a bool [size, size] mask
+        (instance segmentation), the parts later glyphs cover removed."""
         side = size * SUPERSAMPLE
         rgb = self.background(rng, side)
-        objects, placed = [], []
+        objects, placed, inks = [], [], []
         for _ in range(n_objects):
             label = int(rng.integers(len(CLASSES)))
             patch = int(round(rng.uniform(*object_size) * side))
@@ -167,7 +169,14 @@ class GlyphRenderer:
                 box = tuple(int(v) for v in (xs.min() // SUPERSAMPLE, ys.min() // SUPERSAMPLE,
                                               xs.max() // SUPERSAMPLE + 1, ys.max() // SUPERSAMPLE + 1))
                 objects.append((label, box))
-        return self.finish(rng, rgb, size), objects
+                if masks:
+                    inks = [ink * (1 - mask) for ink in inks] + [mask]
+        image = self.finish(rng, rgb, size)
+        if not masks:
+            return image, objects
+        # Visible ink per output pixel (the mean over its supersampled block), kept above one half.
+        visible = [ink.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)) > 0.5 for ink in inks]
+        return image, objects, visible
 
 
 def _overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:

@@ -6,6 +6,7 @@ once in both real layouts (Pascal VOC and COCO), so the readers that serve VOC07
         VOCdevkit/VOC2007/JPEGImages/<id>.jpg, Annotations/<id>.xml,
                          ImageSets/Main/{trainval,test}.txt
         coco/annotations/instances_{train,val}2017.json, coco/{train,val}2017/<id>.jpg
+        (COCO annotations with each glyph's visible ink as an RLE mask: box and mask AP)
 
 Train scenes use the classification split's training fonts and val scenes its held-out fonts,
 as the classification splits do. Generation is deterministic (a fixed seed per split) and
@@ -20,11 +21,12 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_util
 
 from harness.data.generated import GeneratedSuite, positive_int, sha256
 from harness.data.glyphs import CLASSES, GENERATOR_SEED, TRAIN_FONTS, VAL_FONTS, GlyphRenderer, library_versions
 
-SCENES_VERSION = 1
+SCENES_VERSION = 2  # 2: COCO annotations carry each glyph's visible ink as an RLE mask
 # (VOC image set, COCO split) of each generated split: VOC07 trainval -> test, COCO train2017 -> val2017.
 SPLIT_NAMES = {"train": ("trainval", "train2017"), "val": ("test", "val2017")}
 
@@ -81,7 +83,7 @@ class GlyphScenes(GeneratedSuite):
 
     def params(self) -> dict:
         return {"image_size": self.image_size, "images": dict(self.counts), "max_objects": self.max_objects,
-                "seed": GENERATOR_SEED, "object_size": [0.2, 0.45],
+                "seed": GENERATOR_SEED, "object_size": [0.2, 0.45], "masks": "rle",
                 "fonts": {"train": list(TRAIN_FONTS), "val": list(VAL_FONTS)}}
 
     @property
@@ -109,7 +111,7 @@ class GlyphScenes(GeneratedSuite):
             ids, images, annotations = [], [], []
             for _ in range(self.counts[split]):
                 n = int(rng.integers(1, self.max_objects + 1))
-                rgb, objects = renderer.scene(rng, fonts[split], self.image_size, n)
+                rgb, objects, masks = renderer.scene(rng, fonts[split], self.image_size, n, masks=True)
                 image_id, stem = next_id, f"{next_id:06d}"
                 next_id += 1
                 data = jpeg_bytes(rgb)
@@ -118,10 +120,14 @@ class GlyphScenes(GeneratedSuite):
                 blobs[f"coco/{coco_split}/{stem}.jpg"] = data
                 ids.append(stem)
                 images.append({"id": image_id, "file_name": f"{stem}.jpg", "width": self.image_size, "height": self.image_size})
-                for label, (x0, y0, x1, y1) in objects:
-                    # COCO boxes are [x, y, width, height] in continuous pixel coordinates.
+                for (label, (x0, y0, x1, y1)), mask in zip(objects, masks):
+                    # COCO boxes are [x, y, width, height] in continuous pixel coordinates; the
+                    # mask is COCO's compressed RLE (pycocotools), its area the mask's pixels.
+                    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
                     annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
-                                        "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+                                        "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(mask.sum()), "iscrowd": 0,
+                                        "segmentation": {"size": [int(v) for v in rle["size"]],
+                                                         "counts": rle["counts"].decode("ascii")}})
             blobs[f"VOCdevkit/VOC2007/ImageSets/Main/{image_set}.txt"] = ("\n".join(ids) + "\n").encode()
             coco = {"info": {"description": f"glyphs detection scenes ({split})", "version": str(SCENES_VERSION)},
                     "images": images, "annotations": annotations, "categories": categories}
