@@ -51,8 +51,10 @@ def run_folder(req: RunRequest, cfg: Config) -> RunFolder:
     return RunFolder(req.output_dir if req.output_dir else default_output_dir(req, cfg))
 
 
-def eval_names(spec: str, suite_cls) -> list[str]:
-    """The evals ``spec`` names ('all': every registered eval whose data the suite provides)."""
+def eval_names(spec: str, suite_cls, overrides: dict | None = None) -> list[str]:
+    """The evals ``spec`` names ('all': every registered eval whose data the suite provides).
+    An eval named explicitly may instead read data of its own from ``eval.<name>.data_root``
+    (detection on VOC after pretraining on ImageNet); that eval checks the root itself."""
     known = registry.evals.names()
     provided = tuple(getattr(suite_cls, "provides", ()))
     missing = {n: [k for k in registry.evals.get(n).needs if k not in provided] for n in known}
@@ -62,7 +64,7 @@ def eval_names(spec: str, suite_cls) -> list[str]:
     for n in names:
         if n not in known:
             raise UsageError(f"unknown eval '{n}'; known evals: {', '.join(known)} (or 'all')")
-        if missing[n]:
+        if missing[n] and not (overrides or {}).get(f"eval.{n}.data_root"):
             offers = ", ".join(describe_data(k) for k in provided) or "nothing"
             raise UsageError(f"eval '{n}' needs {', '.join(describe_data(k) for k in missing[n])}, which suite "
                              f"'{suite_cls.name}' does not provide (it provides: {offers})")
@@ -74,7 +76,7 @@ def build_config(req: RunRequest) -> tuple[Config, type, type, list[str]]:
     checked, so nothing past this point fails on what the user typed."""
     method_cls = registry.methods.get(req.method)
     suite_cls = registry.suites.get(req.suite)
-    evals = eval_names(req.evals, suite_cls)
+    evals = eval_names(req.evals, suite_cls, dict(req.overrides))
     overrides = dict(req.overrides)
     for key, value in (("backbone.name", req.backbone), ("seed", req.seed), ("train.epochs", req.epochs)):
         if value is not None:

@@ -132,7 +132,7 @@ def test_voc07_ap_ignores_difficult_objects_and_counts_duplicates_as_false_posit
 
 
 def _tiny_params(**extra) -> dict:
-    p = {"mask": False, "backend": "torchvision", "head": "fpn", "max_iter": 3, "steps": [2], "batch_size": 2, "lr": 0.01,
+    p = {"mask": False, "precise_bn": False, "backend": "torchvision", "head": "fpn", "max_iter": 3, "steps": [2], "batch_size": 2, "lr": 0.01,
          "warmup_iters": 1, "momentum": 0.9, "weight_decay": 1e-4, "min_size": [64], "max_size": 64, "flip": True,
          "roi_batch": 16, "box_head_dim": 32, "rpn_batch": 16, "proposals_train": 50, "proposals_test": 20}
     return {**p, **extra}
@@ -360,3 +360,42 @@ def test_a_mask_preset_on_data_without_masks_is_refused_in_one_line(tmp_path):
         rc = main(["run", "--method", "random", "--eval", "detection", "eval.detection.mask=true",
                    "--output-dir", str(tmp_path / "runs")])
     assert rc == 2 and "eval.detection.mask=true needs instance masks" in err.getvalue()
+
+
+def _real_voc_tree(scenes: GlyphScenes, tmp_path: Path) -> Path:
+    """A VOCdevkit with VOC2007 and VOC2012 whose objects carry real VOC class names."""
+    from harness.data.detection import VOC_CLASSES
+
+    devkit = tmp_path / "VOCdevkit"
+    for year in ("2007", "2012"):
+        shutil.copytree(scenes.voc_root / "VOC2007", devkit / f"VOC{year}")
+        for xml in (devkit / f"VOC{year}" / "Annotations").glob("*.xml"):
+            text = xml.read_text()
+            for c in CLASSES:
+                text = text.replace(f"<name>{c}</name>", f"<name>{VOC_CLASSES[int(c)]}</name>")
+            xml.write_text(text)
+    (devkit / "VOC2012" / "ImageSets" / "Main" / "test.txt").unlink()  # VOC2012 has no public test set
+    return devkit
+
+
+def test_a_users_voc07_plus_12_root_is_read_with_the_20_voc_classes(scenes, tmp_path):
+    from harness.data.detection import VOC_CLASSES, user_splits
+
+    splits = user_splits("voc07+12", _real_voc_tree(scenes, tmp_path))
+    train, test = splits.read("train"), splits.read("test")
+    assert splits.classes == VOC_CLASSES and len(train) == 24 and len(test) == 6
+    assert {r["image_id"].split("_")[0] for r in train} == {"2007", "2012"}
+    shutil.rmtree(tmp_path / "VOCdevkit" / "VOC2012")
+    with pytest.raises(UsageError, match=r"VOC2012.*not found; voc07\+12 expects a VOCdevkit"):
+        user_splits("voc07+12", tmp_path / "VOCdevkit")
+
+
+def test_a_missing_data_root_is_refused_before_any_work(tmp_path, capsys):
+    from harness.cli import main
+
+    rc = main(["run", "--method", "rotation", "--suite", "digits", "--eval", "detection",
+               f"eval.detection.data_root={tmp_path / 'nowhere'}", "eval.detection.backend=torchvision",
+               "eval.detection.head=fpn", "--output-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "nowhere" in err and "VOCdevkit" in err
+    assert not (tmp_path / "runs").exists()

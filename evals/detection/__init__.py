@@ -62,6 +62,8 @@ def _common(dataset: str, head: str, max_iter: int, steps: list[int], min_train:
         "proposals_train": P(2000, f"{D2}: RPN.POST_NMS_TOPK_TRAIN"),
         "proposals_test": P(1000, f"{D2}: RPN.POST_NMS_TOPK_TEST"),
         "trials": P(5, f"{MOCO}: VOC numbers are the mean of 5 trials (Table 2 note)"),
+        "data_root": P("", "harness: a VOCdevkit folder (voc07+12) or a COCO root (coco2017); empty: the suite's own scenes"),
+        "precise_bn": P(True, f"{MOCO} Base-RCNN-C4-BN.yaml: TEST.PRECISE_BN on (BN statistics re-estimated after training; detectron2 backend)"),
     }
 
 
@@ -101,13 +103,17 @@ class Detection(Evaluator):
         "max_iter": integer(1), "steps": each(integer(0)), "batch_size": integer(1), "lr": number(0, lo_open=True),
         "warmup_iters": integer(0), "momentum": number(0, 1), "weight_decay": number(0), "min_size": each(integer(8)),
         "max_size": integer(8), "roi_batch": integer(1), "box_head_dim": integer(1), "rpn_batch": integer(1), "proposals_train": integer(1),
-        "proposals_test": integer(1), "trials": integer(1),
+        "proposals_test": integer(1), "trials": integer(1), "precise_bn": one_of(True, False),
     }
 
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
         p = cfg.section("eval.detection")
+        if p["data_root"]:
+            from harness.data.detection import user_splits
+
+            user_splits(p["dataset"], p["data_root"])  # a missing or wrong layout fails now, before pretraining
         if p["backend"] == "torchvision" and p["head"] != "fpn":
             raise UsageError(f"eval.detection.head={p['head']} needs backend=detectron2 (the torchvision backend "
                              "builds an FPN over any backbone); set eval.detection.head=fpn or backend=detectron2")
@@ -118,7 +124,12 @@ class Detection(Evaluator):
 
     def run(self, method, suite, device, out_dir):
         p = self.params
-        splits = suite.detection_splits(p["dataset"])
+        if p["data_root"]:  # real VOC / COCO, whatever the pretraining suite (ImageNet -> VOC transfer)
+            from harness.data.detection import user_splits
+
+            splits = user_splits(p["dataset"], p["data_root"])
+        else:
+            splits = suite.detection_splits(p["dataset"])
         train, test = splits.read("train"), splits.read("test")
         if not train or not test:
             raise UsageError(f"detection: {p['dataset']} under {splits.root} has no {'training' if not train else 'test'} images")
@@ -126,7 +137,6 @@ class Detection(Evaluator):
             raise UsageError(f"eval.detection.mask=true needs instance masks (COCO annotations with segmentation); "
                              f"{p['dataset']} under {splits.root} has none: set eval.detection.mask=false")
         seed = int(self.cfg["seed"])
-        backbone = method.backbone
         rows = []
         for t in range(int(p["trials"])):
             # Each trial keeps its checkpoints and, once scored, its result in its own folder:
@@ -141,7 +151,7 @@ class Detection(Evaluator):
             if p["backend"] == "torchvision":
                 from evals.detection.torchvision_backend import train_and_predict
 
-                predictions = train_and_predict(backbone, train, test, len(splits.classes), p, device, trial_seed, label,
+                predictions = train_and_predict(method.backbone, train, test, len(splits.classes), p, device, trial_seed, label,
                                                 out_dir=trial_dir)
             else:
                 from evals.detection.detectron2_backend import train_and_predict

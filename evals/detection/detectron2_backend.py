@@ -186,7 +186,7 @@ def build_cfg(backbone, n_classes: int, p: dict, device: torch.device, out_dir: 
     cfg.SOLVER.MOMENTUM = float(p["momentum"])
     cfg.SOLVER.WEIGHT_DECAY = float(p["weight_decay"])
     cfg.SOLVER.CHECKPOINT_PERIOD = max(int(p["max_iter"]) // 4, 1)
-    cfg.TEST.PRECISE_BN.ENABLED = False  # needs the training loader again; off for short CPU schedules
+    cfg.TEST.PRECISE_BN.ENABLED = bool(p["precise_bn"])
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.SEED = int(seed)
     cfg.OUTPUT_DIR = str(out_dir)
@@ -246,6 +246,9 @@ def train_and_predict(method, harness_cfg, splits, p: dict, device: torch.device
     trainer.register_hooks([
         hooks.IterationTimer(), hooks.LRScheduler(optimizer, build_lr_scheduler(cfg, optimizer)),
         hooks.PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=1), Progress(),
+        # MoCo's configs re-estimate BN statistics after training (period 0: only at the end).
+        *([hooks.PreciseBN(0, model, build_detection_train_loader(cfg), cfg.TEST.PRECISE_BN.NUM_ITER)]
+          if cfg.TEST.PRECISE_BN.ENABLED else []),
     ])
     if start < cfg.SOLVER.MAX_ITER:
         trainer.train(start, cfg.SOLVER.MAX_ITER)

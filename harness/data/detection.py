@@ -135,3 +135,38 @@ def read_coco(root: str | Path, split: str, classes: tuple[str, ...] | None = No
         records.append({"file_name": str(images / img["file_name"]), "image_id": img["id"], "height": img["height"],
                         "width": img["width"], "annotations": annotations})
     return records
+
+
+def user_splits(dataset: str, root: str | Path) -> DetectionSplits:
+    """The real datasets at a root the user gives (``eval.detection.data_root``), checked now:
+    ``voc07+12`` reads ``<root>/VOC2007`` and ``<root>/VOC2012`` (trainval of both -> VOC2007
+    test, MoCo's protocol); ``coco2017`` reads train2017 -> val2017 with COCO's own categories."""
+    root = Path(root).expanduser()
+    if dataset == "voc07+12":
+        for year, sets in (("2007", ("trainval", "test")), ("2012", ("trainval",))):
+            for name in sets:
+                f = root / f"VOC{year}" / "ImageSets" / "Main" / f"{name}.txt"
+                if not f.is_file():
+                    raise UsageError(f"eval.detection.data_root={root}: {f} not found; voc07+12 expects a VOCdevkit "
+                                     f"folder with VOC2007 (trainval, test) and VOC2012 (trainval); {VOC_LAYOUT}")
+        return DetectionSplits("voc", root, ("2007_trainval", "2012_trainval"), "2007_test", VOC_CLASSES)
+    if dataset == "coco2017":
+        for split in ("train2017", "val2017"):
+            ann = root / "annotations" / f"instances_{split}.json"
+            if not ann.is_file() or not (root / split).is_dir():
+                raise UsageError(f"eval.detection.data_root={root}: {ann if not ann.is_file() else root / split} "
+                                 f"not found; {COCO_LAYOUT}")
+        return DetectionSplits("coco", root, ("train2017",), "val2017", coco_categories(root / "annotations" / "instances_val2017.json"))
+    raise UsageError(f"detection dataset {dataset!r}: expected voc07+12 or coco2017")
+
+
+def coco_categories(path: Path) -> tuple[str, ...]:
+    """Category names in id order (COCO's 80 for the real files)."""
+    import json
+
+    try:
+        cats = json.loads(Path(path).read_text())["categories"]
+        return tuple(c["name"] for c in sorted(cats, key=lambda c: c["id"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"COCO: {path} is malformed ({type(e).__name__}: {e}); expected COCO instances JSON with "
+                         "images, annotations and categories") from None

@@ -224,7 +224,7 @@ class GlyphsSuite(GeneratedSuite):
         # Detection on 64-px scenes of 1-4 glyphs (600 train, 200 val), sized so the demo's
         # `--eval all` stays within 5 minutes: the torchvision backend (no install), 80
         # iterations of 4 images, smaller RPN/ROI batches and box head than the 800-px protocols,
-        # one trial; no flip (glyphs are not mirror-symmetric). bench/detection.py runs longer.
+        # one trial, no PreciseBN pass; no flip (glyphs are not mirror-symmetric). bench/detection.py runs longer.
         "eval.detection.backend": "torchvision",
         "eval.detection.head": "fpn",
         "eval.detection.max_iter": 80,
@@ -240,6 +240,7 @@ class GlyphsSuite(GeneratedSuite):
         "eval.detection.proposals_train": 300,
         "eval.detection.proposals_test": 100,
         "eval.detection.trials": 1,
+        "eval.detection.precise_bn": False,
     }
 
     def __init__(self, root: str | Path | None = None, image_size: int = 32, train_per_class: int = 1000,
