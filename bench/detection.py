@@ -32,7 +32,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench/out/detection.jsonl")
     ap.add_argument("--runs", default="bench/out/detection_runs", help="pretraining run folders (kept, reused)")
+    ap.add_argument("--table", action="store_true", help="print the RESULTS table of --out and exit")
     args = ap.parse_args()
+    if args.table:
+        return print_table(Path(args.out))
 
     import torch
 
@@ -76,6 +79,31 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
+
+
+def print_table(path: Path) -> None:
+    """Per (method, backend): AP50, AP, AP75 and VOC07 AP50 as the mean over seeds with each
+    seed's value, the detection wall time, and whether AP50 beats random init's (same backend)."""
+    import statistics
+    from collections import defaultdict
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["backend"], r["method"])].append(r)
+
+    def cell(rs, key):
+        vals = [r[key] for r in sorted(rs, key=lambda r: r["seed"])]
+        return f"{statistics.mean(vals):.1f}" + (f" ({' / '.join(f'{v:.1f}' for v in vals)})" if len(vals) > 1 else "")
+
+    print("| backend | method | seeds | AP50 | AP | AP75 | VOC07 AP50 | kNN (pretrained) | detection wall (slowest) | AP50 above random init |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (backend, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -statistics.mean(r["AP50"] for r in kv[1]))):
+        base = groups.get((backend, "random"))
+        above = "—" if method == "random" or not base else \
+            ("yes" if statistics.mean(r["AP50"] for r in rs) > statistics.mean(r["AP50"] for r in base) else "no")
+        print(f"| {backend} | {method} | {len(rs)} | {cell(rs, 'AP50')} | {cell(rs, 'AP')} | {cell(rs, 'AP75')} | "
+              f"{cell(rs, 'voc07_AP50')} | {cell(rs, 'knn')} | {max(r['detection_s'] for r in rs):.0f} s | {above} |")
 
 
 if __name__ == "__main__":

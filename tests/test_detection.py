@@ -268,7 +268,7 @@ def test_detectron2_backend_trains_and_predicts_on_both_layouts(scenes, fmt, tmp
         backbone = create_backbone("resnet_small", width=0.25)
 
     splits = voc_splits(scenes) if fmt == "voc" else coco_splits(scenes)
-    preds = train_and_predict(M, None, splits, _tiny_params(backend="detectron2"), torch.device("cpu"), 0, tmp_path, "test")
+    preds = train_and_predict(M, splits, _tiny_params(backend="detectron2"), torch.device("cpu"), 0, tmp_path, "test")
     test = splits.read("test")
     assert sorted(map(str, (p["image_id"] for p in preds))) == sorted(map(str, (r["image_id"] for r in test)))
     s = score(test, preds, CLASSES)
@@ -329,7 +329,7 @@ def test_mask_rcnn_trains_on_the_scenes_coco_masks_and_reports_mask_ap(scenes, b
         class M:
             backbone = net
 
-        preds = train_and_predict(M, None, splits, p, torch.device("cpu"), 0, tmp_path, "mask")
+        preds = train_and_predict(M, splits, p, torch.device("cpu"), 0, tmp_path, "mask")
     assert all(pr["masks"].shape[1:] == (64, 64) and pr["masks"].dtype == bool for pr in preds if len(pr["boxes"]))
     s = score(test, preds, CLASSES, masks=True)
     assert {"mask_AP", "mask_AP50", "mask_AP75"} <= set(s) and all(0 <= v <= 100 for v in s.values())
@@ -360,6 +360,7 @@ def test_a_mask_preset_on_data_without_masks_is_refused_in_one_line(tmp_path):
         rc = main(["run", "--method", "random", "--eval", "detection", "eval.detection.mask=true",
                    "--output-dir", str(tmp_path / "runs")])
     assert rc == 2 and "eval.detection.mask=true needs instance masks" in err.getvalue()
+    assert not (tmp_path / "runs").exists()  # refused before pretraining
 
 
 def _real_voc_tree(scenes: GlyphScenes, tmp_path: Path) -> Path:

@@ -114,6 +114,9 @@ class Detection(Evaluator):
             from harness.data.detection import user_splits
 
             user_splits(p["dataset"], p["data_root"])  # a missing or wrong layout fails now, before pretraining
+        if p["mask"] and p["dataset"] != "coco2017":
+            raise UsageError(f"eval.detection.mask=true needs instance masks, which only coco2017 has (VOC's "
+                             f"detection annotations are boxes): set eval.detection.mask=false or dataset=coco2017")
         if p["backend"] == "torchvision" and p["head"] != "fpn":
             raise UsageError(f"eval.detection.head={p['head']} needs backend=detectron2 (the torchvision backend "
                              "builds an FPN over any backbone); set eval.detection.head=fpn or backend=detectron2")
@@ -133,9 +136,6 @@ class Detection(Evaluator):
         train, test = splits.read("train"), splits.read("test")
         if not train or not test:
             raise UsageError(f"detection: {p['dataset']} under {splits.root} has no {'training' if not train else 'test'} images")
-        if p["mask"] and not any("segmentation" in a for r in train[:50] for a in r["annotations"]):
-            raise UsageError(f"eval.detection.mask=true needs instance masks (COCO annotations with segmentation); "
-                             f"{p['dataset']} under {splits.root} has none: set eval.detection.mask=false")
         seed = int(self.cfg["seed"])
         rows = []
         for t in range(int(p["trials"])):
@@ -156,7 +156,7 @@ class Detection(Evaluator):
             else:
                 from evals.detection.detectron2_backend import train_and_predict
 
-                predictions = train_and_predict(method, self.cfg, splits, p, device, trial_seed, trial_dir, label)
+                predictions = train_and_predict(method, splits, p, device, trial_seed, trial_dir, label)
             rows.append(score(test, predictions, splits.classes, masks=bool(p["mask"])))
             trial_dir.mkdir(parents=True, exist_ok=True)
             tmp = done.with_suffix(".tmp")

@@ -203,7 +203,7 @@ def _register_records(name: str, records: list[dict], classes: tuple[str, ...]) 
     MetadataCatalog.get(name).set(thing_classes=list(classes))
 
 
-def train_and_predict(method, harness_cfg, splits, p: dict, device: torch.device, seed: int, out_dir: Path,
+def train_and_predict(method, splits, p: dict, device: torch.device, seed: int, out_dir: Path,
                       label: str) -> list[dict]:
     """Fine-tune a detectron2 detector from the converted backbone for ``max_iter`` iterations
     (resuming from ``out_dir`` when a checkpoint is there) and return its test predictions."""
