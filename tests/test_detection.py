@@ -134,7 +134,7 @@ def test_voc07_ap_ignores_difficult_objects_and_counts_duplicates_as_false_posit
 def _tiny_params(**extra) -> dict:
     p = {"mask": False, "precise_bn": False, "backend": "torchvision", "head": "fpn", "max_iter": 3, "steps": [2], "batch_size": 2, "lr": 0.01,
          "warmup_iters": 1, "momentum": 0.9, "weight_decay": 1e-4, "min_size": [64], "max_size": 64, "flip": True,
-         "roi_batch": 16, "box_head_dim": 32, "rpn_batch": 16, "proposals_train": 50, "proposals_test": 20}
+         "roi_batch": 16, "box_head_dim": 32, "fpn_channels": 16, "rpn_batch": 16, "proposals_train": 50, "proposals_test": 20}
     return {**p, **extra}
 
 

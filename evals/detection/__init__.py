@@ -57,7 +57,8 @@ def _common(dataset: str, head: str, max_iter: int, steps: list[int], min_train:
         "max_size": P(1333, f"{D2}: MAX_SIZE 1333"),
         "flip": P(True, f"{D2}: RandomFlip in training"),
         "roi_batch": P(512, f"{D2}: ROI_HEADS.BATCH_SIZE_PER_IMAGE 512"),
-        "box_head_dim": P(1024, f"{D2}: ROI_BOX_HEAD.FC_DIM 1024 (the torchvision backend's two-layer box head)"),
+        "box_head_dim": P(1024, f"{D2}: ROI_BOX_HEAD.FC_DIM 1024"),
+        "fpn_channels": P(256, f"{D2}: FPN.OUT_CHANNELS 256 (heads with an FPN)"),
         "rpn_batch": P(256, f"{D2}: RPN.BATCH_SIZE_PER_IMAGE 256"),
         "proposals_train": P(2000, f"{D2}: RPN.POST_NMS_TOPK_TRAIN"),
         "proposals_test": P(1000, f"{D2}: RPN.POST_NMS_TOPK_TEST"),
@@ -102,7 +103,7 @@ class Detection(Evaluator):
         "mask": one_of(True, False), "backend": one_of(*BACKENDS), "dataset": one_of(*DATASETS), "head": one_of("c4", "fpn"),
         "max_iter": integer(1), "steps": each(integer(0)), "batch_size": integer(1), "lr": number(0, lo_open=True),
         "warmup_iters": integer(0), "momentum": number(0, 1), "weight_decay": number(0), "min_size": each(integer(8)),
-        "max_size": integer(8), "roi_batch": integer(1), "box_head_dim": integer(1), "rpn_batch": integer(1), "proposals_train": integer(1),
+        "max_size": integer(8), "roi_batch": integer(1), "box_head_dim": integer(1), "fpn_channels": integer(1), "rpn_batch": integer(1), "proposals_train": integer(1),
         "proposals_test": integer(1), "trials": integer(1), "precise_bn": one_of(True, False),
     }
 

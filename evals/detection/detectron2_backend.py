@@ -165,6 +165,8 @@ def build_cfg(backbone, n_classes: int, p: dict, device: torch.device, out_dir: 
     cfg.MODEL.MASK_ON = bool(p["mask"])
     if p["mask"] and p["head"] == "fpn":
         cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 4  # mask_rcnn_R_50_FPN_*.yaml (the C4 head has none: Base-RCNN-C4)
+    cfg.MODEL.FPN.OUT_CHANNELS = int(p["fpn_channels"])
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = int(p["box_head_dim"])  # the C4 head has no FCs: res5 feeds the predictor
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = n_classes
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = int(p["roi_batch"])
     cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = int(p["rpn_batch"])

@@ -42,7 +42,7 @@ class StagePyramid(nn.Module):
     feature pyramid (Li et al. 2022, Sec. 3): its last map upsampled x2 by a transposed
     convolution, as is, and max-pooled /2."""
 
-    def __init__(self, backbone: nn.Module, probe_size: int, out_channels: int = 64):
+    def __init__(self, backbone: nn.Module, probe_size: int, out_channels: int = 256):
         super().__init__()
         if not hasattr(backbone, "forward_stages"):
             raise UsageError(f"detection needs a backbone with stage maps (forward_stages); "
@@ -89,7 +89,7 @@ class StagePyramid(nn.Module):
 def build_model(backbone: nn.Module, n_classes: int, p: dict) -> FasterRCNN:
     # torchvision's transform draws a training size from min_size per batch and tests at the last.
     sizes = tuple(int(s) for s in p["min_size"])
-    pyramid = StagePyramid(copy.deepcopy(backbone), sizes[-1])
+    pyramid = StagePyramid(copy.deepcopy(backbone), sizes[-1], int(p["fpn_channels"]))
     anchor_sizes = pyramid.anchor_sizes()
     anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
     dim = int(p["box_head_dim"])

@@ -223,7 +223,7 @@ class GlyphsSuite(GeneratedSuite):
         "eval.semi_supervised.flip": False,
         # Detection on 64-px scenes of 1-4 glyphs (600 train, 200 val), sized so the demo's
         # `--eval all` stays within 5 minutes: the torchvision backend (no install), 80
-        # iterations of 4 images, smaller RPN/ROI batches and box head than the 800-px protocols,
+        # iterations of 4 images, smaller RPN/ROI batches, FPN and box head than the 800-px protocols,
         # one trial, no PreciseBN pass; no flip (glyphs are not mirror-symmetric). bench/detection.py runs longer.
         "eval.detection.backend": "torchvision",
         "eval.detection.head": "fpn",
@@ -236,6 +236,7 @@ class GlyphsSuite(GeneratedSuite):
         "eval.detection.flip": False,
         "eval.detection.roi_batch": 64,
         "eval.detection.box_head_dim": 256,
+        "eval.detection.fpn_channels": 64,
         "eval.detection.rpn_batch": 128,
         "eval.detection.proposals_train": 300,
         "eval.detection.proposals_test": 100,
