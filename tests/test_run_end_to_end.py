@@ -39,18 +39,24 @@ def reference_run(workdir):
 def test_run_produces_metrics_tracking_and_artifacts(reference_run):
     out, uri = reference_run
     r = results(out)
-    # --eval defaults to all: every eval the digits suite supports.
-    assert set(r["results"]) == {"linear", "knn", "linear_fast", "semi_supervised"}
-    for m in r["results"].values():
-        assert 0.0 <= m["top1"] <= m["top5"] <= 100.0
+    # --eval defaults to all: every eval the default suite (glyphs) supports, detection included.
+    assert set(r["results"]) == {"linear", "knn", "linear_fast", "semi_supervised", "detection"}
+    for name, m in r["results"].items():
+        if name == "detection":
+            assert 0.0 <= m["AP"] <= m["AP50"] <= 100.0
+        else:
+            assert 0.0 <= m["top1"] <= m["top5"] <= 100.0
     assert len(r["pretrain_loss"]) == 6  # 192 images / batch 32, one epoch
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("ssl-harness")
     runs = client.search_runs([exp.experiment_id])
     parent = next(x for x in runs if x.data.tags["harness.stage"] == "pretrain")
     children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert {c.data.tags["harness.eval"] for c in children} == {"linear", "knn", "linear_fast", "semi_supervised"}
-    assert {c.data.tags["harness.protocol"] for c in children} == {"linear", "knn", "linear_fast", "semi_supervised"}
+    assert {c.data.tags["harness.eval"] for c in children} == {"linear", "knn", "linear_fast", "semi_supervised", "detection"}
+    assert {c.data.tags["harness.protocol"] for c in children} == {"linear", "knn", "linear_fast", "semi_supervised",
+                                                                   "detection transfer"}
+    detection = next(c for c in children if c.data.tags["harness.eval"] == "detection")
+    assert detection.data.tags["harness.preset"] == "voc_c4/torchvision"
     knn = next(c for c in children if c.data.tags["harness.eval"] == "knn")
     assert knn.data.metrics["top1"] == pytest.approx(r["results"]["knn"]["top1"])
     assert knn.data.tags["harness.preset"] == "dino"
