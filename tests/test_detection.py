@@ -64,31 +64,27 @@ def _copy(scenes: GlyphScenes, tmp_path: Path) -> Path:
     return Path(shutil.copytree(scenes.prepare(), tmp_path / "copy"))
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (lambda r: (r / "VOCdevkit/VOC2007/ImageSets/Main/trainval.txt").unlink(), "trainval.txt not found"),
-    (lambda r: (r / "VOCdevkit/VOC2007/Annotations/000001.xml").write_text("<annotation><size>"), "is malformed"),
-    (lambda r: (r / "VOCdevkit/VOC2007/JPEGImages/000002.jpg").unlink(), "000002 but"),
-    (lambda r: (r / "VOCdevkit/VOC2007/Annotations/000001.xml").write_text(
-        (r / "VOCdevkit/VOC2007/Annotations/000001.xml").read_text().replace("<name>", "<name>cat", 1)), "class"),
+VOC_XML = "VOCdevkit/VOC2007/Annotations/000001.xml"
+COCO_JSON = "coco/annotations/instances_train2017.json"
+
+
+@pytest.mark.parametrize("layout, breakage, message", [
+    ("voc", lambda r: (r / "VOCdevkit/VOC2007/ImageSets/Main/trainval.txt").unlink(), "trainval.txt not found"),
+    ("voc", lambda r: (r / VOC_XML).write_text("<annotation><size>"), "is malformed"),
+    ("voc", lambda r: (r / "VOCdevkit/VOC2007/JPEGImages/000002.jpg").unlink(), "000002 but"),
+    ("voc", lambda r: (r / VOC_XML).write_text((r / VOC_XML).read_text().replace("<name>", "<name>cat", 1)), "class"),
+    ("coco", lambda r: (r / COCO_JSON).unlink(), "instances_train2017.json not found"),
+    ("coco", lambda r: (r / COCO_JSON).write_text("{not json"), "is malformed"),
+    ("coco", lambda r: shutil.rmtree(r / "coco/train2017"), "image folder"),
 ])
-def test_a_malformed_voc_tree_is_one_line_naming_the_layout(scenes, tmp_path, breakage, message):
+def test_a_malformed_tree_is_one_line_naming_the_layout(scenes, tmp_path, layout, breakage, message):
     root = _copy(scenes, tmp_path)
     breakage(root)
     with pytest.raises(UsageError) as e:
-        read_voc(root / "VOCdevkit", "2007_trainval", CLASSES)
-    assert message in str(e.value) and "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("breakage, message", [
-    (lambda r: (r / "coco/annotations/instances_train2017.json").unlink(), "instances_train2017.json not found"),
-    (lambda r: (r / "coco/annotations/instances_train2017.json").write_text("{not json"), "is malformed"),
-    (lambda r: shutil.rmtree(r / "coco/train2017"), "image folder"),
-])
-def test_a_malformed_coco_tree_is_one_line_naming_the_layout(scenes, tmp_path, breakage, message):
-    root = _copy(scenes, tmp_path)
-    breakage(root)
-    with pytest.raises(UsageError) as e:
-        read_coco(root / "coco", "train2017", CLASSES)
+        if layout == "voc":
+            read_voc(root / "VOCdevkit", "2007_trainval", CLASSES)
+        else:
+            read_coco(root / "coco", "train2017", CLASSES)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
