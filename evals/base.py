@@ -22,7 +22,7 @@ import torch
 from harness.config import Config, Rule, check
 from harness.data.base import CLASSIFICATION
 from harness.errors import UsageError
-from harness.metrics import HIGHER, Metric
+from harness.metrics import HIGHER, Declaration, Metric
 
 
 def top1(description: str = "top-1 accuracy") -> Metric:
@@ -73,6 +73,19 @@ class Evaluator:
     @property
     def preset(self) -> str:
         return self.preset_label(self.cfg)
+
+    def declaration(self) -> Declaration:
+        """What this eval's result reports and ranks by; an eval whose headline depends on what
+        run() found (robustness without a normaliser) overrides it."""
+        return Declaration.of(type(self))
+
+    def result_tags(self) -> dict[str, str]:
+        """Tags for the eval's tracked run, known once run() returned (which data, which normaliser)."""
+        return {}
+
+    def artifacts(self, out_dir: Path) -> list[Path]:
+        """Files run() wrote into ``out_dir`` that belong on the tracked run's page (figures)."""
+        return []
 
     @classmethod
     def config_layer(cls, preset: str | None) -> dict[str, Any]:

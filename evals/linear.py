@@ -145,30 +145,39 @@ class LinearProbe(Evaluator):
         },
     }
 
-    def run(self, method, suite, device, out_dir):
+    def head_path(self, out_dir) -> Path:
+        """Where the trained head is kept: the run's shared cache, so other evals that classify
+        with this probe (robustness) reuse it instead of training it again. Named by the
+        config hash, which covers the pretrained weights and every eval.linear value."""
+        return self.feature_dir(out_dir) / f"linear-head-{self.cfg.hash[:16]}.pt"
+
+    def trained_head(self, method, suite, device, out_dir):
+        """(heads, read) of this probe: the saved head when this config trained one, else a
+        new one trained (and saved). ``read`` maps images to each head's features."""
+        path = self.head_path(out_dir)
+        if path.is_file():
+            head, read = self._build(method, len(suite.split("train").classes), device)
+            head.load_state_dict(torch.load(path, map_location=device)["heads"])
+            return head.eval(), read, True
+        head, read, _, _ = self._train(method, suite, device, out_dir)
+        self._save_head(head, out_dir)
+        return head.eval(), read, False
+
+    def _save_head(self, head, out_dir) -> None:
+        from harness.checkpoint import save_atomic
+
+        path = self.head_path(out_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_atomic({"heads": head.state_dict(), "config_hash": self.cfg.hash, "preset": self.preset}, path)
+
+    def _build(self, method, num_classes: int, device):
+        """The heads (one per read-out layer), freshly initialised, and the frozen read-out."""
         p = self.params
         size = int(self.cfg["data.image_size"])
-        seed = int(self.cfg["seed"])
-        before = state_fingerprint(method)
-        method.eval()  # BN running statistics are part of the frozen model (MoCo main_lincls)
-        for q in method.parameters():
-            q.requires_grad_(False)
-
-        train_base = suite.split("train")
-        fit, holdout = holdout_split(train_base, float(p["holdout"]), out_dir)
-        if p["train_crop"] == "random_resized":
-            train_tf = crop_flip_transform(size, p["crop_scale_min"], p["flip"])
-        elif p["train_crop"] == "resize_crop":
-            train_tf = resize_crop_transform(size, self.cfg["data.eval_resize_ratio"], p["flip"])
-        else:
-            raise UsageError(f"eval.linear.train_crop={p['train_crop']!r}: expected random_resized or resize_crop")
-        train = SeededTransformDataset(train_base, train_tf, derive_seed(seed, 10), indices=fit)
-        num_classes = len(train_base.classes)
         readout = p["readout"]
         if readout not in READOUTS:
             raise UsageError(f"eval.linear.readout={readout!r}: expected one of {', '.join(READOUTS)}")
         layers = list(p["layers"])
-
         pool = p["pooling"]
         probe_layer = self.cfg.get("backbone.probe_layer", "pre_logits")
 
@@ -183,7 +192,7 @@ class LinearProbe(Evaluator):
             dims = {k: f.shape[1] for k, f in read(torch.zeros(2, 3, size, size, device=device)).items()}
         if p["feature_norm"] not in ("none", "batchnorm"):
             raise UsageError(f"eval.linear.feature_norm={p['feature_norm']!r}: expected 'none' or 'batchnorm'")
-        torch.manual_seed(derive_seed(seed, 11))
+        torch.manual_seed(derive_seed(int(self.cfg["seed"]), 11))
         heads = nn.ModuleDict()
         for name, dim in dims.items():
             linear = nn.Linear(dim, num_classes)
@@ -191,7 +200,27 @@ class LinearProbe(Evaluator):
             nn.init.normal_(linear.weight, std=0.01)
             nn.init.zeros_(linear.bias)
             heads[name] = nn.Sequential(nn.BatchNorm1d(dim, affine=False), linear) if p["feature_norm"] == "batchnorm" else linear
-        head = heads.to(device)
+        return heads.to(device), read
+
+    def _train(self, method, suite, device, out_dir):
+        """Trains the heads on the frozen ``method``: (heads, read, metrics so far, hold-out indices)."""
+        p = self.params
+        size = int(self.cfg["data.image_size"])
+        seed = int(self.cfg["seed"])
+        method.eval()  # BN running statistics are part of the frozen model (MoCo main_lincls)
+        for q in method.parameters():
+            q.requires_grad_(False)
+
+        train_base = suite.split("train")
+        fit, holdout = holdout_split(train_base, float(p["holdout"]), out_dir)
+        if p["train_crop"] == "random_resized":
+            train_tf = crop_flip_transform(size, p["crop_scale_min"], p["flip"])
+        elif p["train_crop"] == "resize_crop":
+            train_tf = resize_crop_transform(size, self.cfg["data.eval_resize_ratio"], p["flip"])
+        else:
+            raise UsageError(f"eval.linear.train_crop={p['train_crop']!r}: expected random_resized or resize_crop")
+        train = SeededTransformDataset(train_base, train_tf, derive_seed(seed, 10), indices=fit)
+        head, read = self._build(method, len(train_base.classes), device)
         bs = int(p["batch_size"])
         lr = scale_lr(p["lr"], bs, p["lr_scaling"])
         opt = build_optimizer(head.parameters(), {**p, "lr": lr})
@@ -219,18 +248,29 @@ class LinearProbe(Evaluator):
                 bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch, refresh=False)
         bar.close()
 
+        for q in method.parameters():
+            q.requires_grad_(True)
+        return head, read, {"final_train_loss": float(loss.item())}, holdout
+
+    def run(self, method, suite, device, out_dir):
+        p = self.params
+        size = int(self.cfg["data.image_size"])
+        layers = list(p["layers"])
+        probe_layer = self.cfg.get("backbone.probe_layer", "pre_logits")
+        before = state_fingerprint(method)
+        head, read, metrics, holdout = self._train(method, suite, device, out_dir)
+        self._save_head(head, out_dir)
+
         head.eval()
+        method.eval()
         eval_tf = eval_transform(size, self.cfg["data.eval_resize_ratio"])
-        batch = min(bs, 256)
-        metrics = {"final_train_loss": float(loss.item())}
+        batch = min(int(p["batch_size"]), 256)
         if holdout:
             held = torch.utils.data.Subset(suite.split("train", eval_tf), holdout)
             metrics.update(_score(head, read, held, batch, device, "linear: validation", suffix="_holdout"))
         metrics.update(_score(head, read, suite.split("val", eval_tf), batch, device, "linear: val"))
         if state_fingerprint(method) != before:
             raise BackboneChanged("the linear probe changed the frozen backbone's weights or statistics")
-        for q in method.parameters():
-            q.requires_grad_(True)
         # The headline is the configured read-out's; with several layers, backbone.probe_layer's
         # head if it is among them, else the best layer's. With a validation split (Revisiting),
         # the layer the validation split ranks best, as that paper reports: the test set never

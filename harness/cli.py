@@ -165,6 +165,23 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--suite", default=DEFAULT_SUITE, help="backbones: parameters and FLOPs at this suite's image size "
                                                       f"(default {DEFAULT_SUITE})")
 
+    data = sub.add_parser("data", help="data commands")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    mc = data_sub.add_parser("make-corruptions", help="ImageNet-C's corruptions of a suite's val split, in ImageNet-C's layout",
+                             description="Corrupts every val image of --suite with the 15 + 4 ImageNet-C corruptions at "
+                                         "5 severities (imagecorruptions-imaug), deterministically, after the suite's "
+                                         "eval resize and crop, and writes <out>/<corruption>/<severity>/<class>/*.png "
+                                         "with a content hash. Pass the folder to runs as eval.robustness.data_root "
+                                         "(suites that generate their own need not).")
+    mc.add_argument("--suite", default=DEFAULT_SUITE)
+    mc.add_argument("--out", help="output folder (default: the suite's corruption cache under the data home)")
+    mc.add_argument("--corruptions", help="comma list (default: all 19)")
+    mc.add_argument("--images-per-class", type=int, default=0, help="first N val images per class (default 0: all)")
+    mc.add_argument("--seed", type=int, default=0, help="generation seed (default 0, as eval.robustness.seed)")
+    mc.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core, at most 8)")
+    mc.add_argument("--suite-root", help="where the suite's data is (suite.root)")
+    mc.add_argument("overrides", nargs="*", metavar="key=value", help="suite config, e.g. data.image_size=224")
+
     lb = sub.add_parser("leaderboard", help="leaderboard commands")
     lb_sub = lb.add_subparsers(dest="lb_command", required=True)
     build = lb_sub.add_parser("build", help="render the static HTML leaderboard from MLflow")
@@ -248,6 +265,29 @@ def cmd_study(args, argv: list[str]) -> int:
                    write_report=write_report, suite=args.suite, evals=args.evals, epochs=args.epochs, overrides=overrides,
                    tracking_uri=args.tracking_uri, opts=_launch_options(args), out_dir=args.report_dir,
                    metric=args.metric, argv=argv)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from harness.config import parse_override
+    from harness.data.corruptions import ALL_CORRUPTIONS, check_corruptions, corrupted_sets
+
+    if args.images_per_class < 0 or args.seed < 0 or args.workers < 0:
+        raise UsageError("--images-per-class, --seed and --workers must be >= 0")
+    corruptions = check_corruptions(_csv(args.corruptions) if args.corruptions else ALL_CORRUPTIONS)
+    overrides = dict(parse_override(o) for o in args.overrides)
+    unknown = sorted(set(overrides) - {"data.image_size", "data.eval_resize_ratio"})
+    if unknown:
+        raise UsageError(f"unknown option(s) {', '.join(unknown)}; expected data.image_size or data.eval_resize_ratio")
+    suite_cls = registry.suites.get(args.suite)
+    size = int(overrides.get("data.image_size", suite_cls.profile.get("data.image_size", 224)))
+    ratio = float(overrides.get("data.eval_resize_ratio", suite_cls.profile.get("data.eval_resize_ratio", 256 / 224)))
+    suite = suite_cls(root=args.suite_root, image_size=size)
+    sets = corrupted_sets(suite, corruptions, images_per_class=args.images_per_class, seed=args.seed,
+                          workers=args.workers, resize_ratio=ratio, out=Path(args.out) if args.out else None,
+                          make=True)
+    print(f"[harness] {len(corruptions)} corruption(s) x 5 severities of suite '{args.suite}' in {sets.root}")
+    print(f"[harness] content hash {sets.content_hash}")
     return 0
 
 
@@ -346,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "study":
             return cmd_study(args, argv)
+        if args.command == "data":
+            return cmd_data(args)
         return cmd_leaderboard(args)
     except UsageError as e:
         print(f"harness: error: {e}", file=sys.stderr)

@@ -181,8 +181,8 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
         written = folder.write_results(evals, cfg.hash)
     for name, m in results.items():
         decl = Declaration.from_dict(written["declarations"].get(name)) or Declaration.of(registry.evals.get(name))
-        ev_cls = registry.evals.get(name)
-        label = ev_cls.preset_label(cfg) if hasattr(ev_cls, "preset_label") else cfg[f"eval.{name}.preset"]
+        done = folder.eval_result(name) or {}
+        label = done.get("preset") or registry.evals.get(name).preset_label(cfg)
         log(f"[harness] {req.method} {name} ({label}): {decl.summary(m)}")
     return results
 

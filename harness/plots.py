@@ -40,3 +40,30 @@ def reconstruction_grid(inputs, targets, predictions, path: Path, upscale: int =
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(rows, path, nrow=inputs.shape[0], padding=2, pad_value=1.0)
     return path
+
+
+def corruption_errors(errors: dict, path: Path, title: str) -> Path:
+    """Top-1 error by corruption (rows) and severity (columns) as a heat map, the clean error
+    in the title: where a representation breaks shows at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(errors["by_corruption"])
+    table = 100.0 * np.array([errors["by_corruption"][c] for c in names])
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(names) + 1.4))
+    im = ax.imshow(table, cmap="magma_r", vmin=0, vmax=100, aspect="auto")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xticks(range(table.shape[1]), [f"severity {s}" for s in range(1, table.shape[1] + 1)], fontsize=8)
+    for (i, j), v in np.ndenumerate(table):
+        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v > 55 else "black")
+    ax.set_title(f"{title}\nclean error {100.0 * errors['clean']:.1f} %", fontsize=9)
+    fig.colorbar(im, ax=ax, label="top-1 error (%)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

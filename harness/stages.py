@@ -13,7 +13,6 @@ import torch
 
 from harness import checkpoint, registry, tags
 from harness.context import RunContext
-from harness.metrics import Declaration
 from harness.plots import loss_curve, reconstruction_grid
 from harness.rundir import PRETRAIN
 from harness.seeding import derive_seed, seed_everything
@@ -87,8 +86,8 @@ def evaluate(ctx: RunContext, name: str, method, final_state: dict) -> dict[str,
     """Run eval ``name`` once per run folder; a finished one is read back from disk."""
     cfg, folder, tracker, log = ctx.cfg, ctx.folder, ctx.tracker, ctx.log
     ev_cls = registry.evals.get(name)
-    declaration = Declaration.of(ev_cls)
     ev = ev_cls(cfg, feature_cache=folder.feature_cache)
+    declaration = ev.declaration()
     cached = folder.eval_result(name)
     child = folder.eval_run_id(name)
     if not tracker.run_exists(child):
@@ -109,9 +108,18 @@ def evaluate(ctx: RunContext, name: str, method, final_state: dict) -> dict[str,
     method.to(ctx.device)
     seed_everything(derive_seed(ctx.seed, 100, zlib.crc32(name.encode())), ctx.deterministic)
     log(f"[harness] eval '{name}' (preset {ev.preset})")
+    label = ev.preset
     with tracker.running(child):
-        metrics = declaration.check(name, ev.run(method, ctx.suite, ctx.device, folder.eval_dir(name)))
+        reported = ev.run(method, ctx.suite, ctx.device, folder.eval_dir(name))
+        # What run() found can change the label and the headline (robustness without a
+        # normaliser reports unnormalised errors): the tracked run says so before its metrics.
+        declaration = ev.declaration()
+        metrics = declaration.check(name, reported)
+        changed = {tags.PRESET: ev.preset, tags.METRICS: declaration.to_json()} if ev.preset != label else {}
+        tracker.set_tags(child, {**changed, **ev.result_tags()})
         tracker.log_metrics(child, [(0, metrics)])
+        for path in ev.artifacts(folder.eval_dir(name)):
+            tracker.log_artifact(child, path)
     folder.write_eval_result(name, {"metrics": metrics, "protocol": ev_cls.protocol, "preset": ev.preset,
                                     "config_hash": cfg.hash, "declaration": declaration.to_dict()})
     return metrics

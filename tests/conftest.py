@@ -7,6 +7,7 @@ TINY = [
     "data.train_subset=192", "train.batch_size=32", "train.warmup_epochs=0",
     "eval.linear.epochs=1", "eval.linear.milestones=[]", "eval.knn.ks=[10,20]",
     "eval.detection.max_iter=2", "eval.detection.steps=[]", "eval.detection.warmup_iters=0",
+    "eval.robustness.images_per_class=2", "eval.robustness.corruptions=[gaussian_noise,contrast,speckle_noise]",
 ]
 
 

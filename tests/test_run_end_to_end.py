@@ -39,11 +39,14 @@ def reference_run(workdir):
 def test_run_produces_metrics_tracking_and_artifacts(reference_run):
     out, uri = reference_run
     r = results(out)
-    # --eval defaults to all: every eval the default suite (glyphs) supports, detection included.
-    assert set(r["results"]) == {"linear", "knn", "linear_fast", "semi_supervised", "detection"}
+    # --eval defaults to all: every eval the default suite (glyphs) supports, detection and
+    # robustness included.
+    assert set(r["results"]) == {"linear", "knn", "linear_fast", "semi_supervised", "detection", "robustness"}
     for name, m in r["results"].items():
         if name == "detection":
             assert 0.0 <= m["AP"] <= m["AP50"] <= 100.0
+        elif name == "robustness":
+            assert 0.0 <= m["clean_error"] <= 100.0 and 0.0 <= m["mean_error"] <= 100.0
         else:
             assert 0.0 <= m["top1"] <= m["top5"] <= 100.0
     assert len(r["pretrain_loss"]) == 6  # 192 images / batch 32, one epoch
@@ -52,9 +55,10 @@ def test_run_produces_metrics_tracking_and_artifacts(reference_run):
     runs = client.search_runs([exp.experiment_id])
     parent = next(x for x in runs if x.data.tags["harness.stage"] == "pretrain")
     children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert {c.data.tags["harness.eval"] for c in children} == {"linear", "knn", "linear_fast", "semi_supervised", "detection"}
+    assert {c.data.tags["harness.eval"] for c in children} == {"linear", "knn", "linear_fast", "semi_supervised",
+                                                              "detection", "robustness"}
     assert {c.data.tags["harness.protocol"] for c in children} == {"linear", "knn", "linear_fast", "semi_supervised",
-                                                                   "detection transfer"}
+                                                                   "detection transfer", "robustness"}
     detection = next(c for c in children if c.data.tags["harness.eval"] == "detection")
     assert detection.data.tags["harness.preset"] == "voc_c4/torchvision"
     knn = next(c for c in children if c.data.tags["harness.eval"] == "knn")

@@ -181,7 +181,7 @@ def test_an_eval_a_suite_cannot_feed_is_left_out_of_all_and_named_when_asked_for
 
     class NeedsBoxes(CorruptionError):
         name = "boxes_ap"
-        needs = ("corruptions",)
+        needs = ("depth maps",)
 
     registry.evals.register("boxes_ap", NeedsBoxes)
     try:
@@ -189,8 +189,9 @@ def test_an_eval_a_suite_cannot_feed_is_left_out_of_all_and_named_when_asked_for
         monkeypatch.chdir(tmp_path)
         assert main(["run", "--method", "rotation", "--eval", "knn,boxes_ap"]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == (f"harness: error: eval 'boxes_ap' needs corrupted test sets, which suite '{DEFAULT_SUITE}' "
-                       "does not provide (it provides: labelled classification splits, detection scenes)")
+        assert err == (f"harness: error: eval 'boxes_ap' needs depth maps, which suite '{DEFAULT_SUITE}' "
+                       "does not provide (it provides: labelled classification splits, detection scenes, "
+                       "corrupted test sets)")
         assert list(tmp_path.iterdir()) == []
     finally:
         registry.evals.unregister("boxes_ap")

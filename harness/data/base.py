@@ -51,6 +51,9 @@ class Suite:
     description: ClassVar[str] = ""
     profile: ClassVar[dict] = {}
     provides: ClassVar[tuple[str, ...]] = (CLASSIFICATION,)
+    # The layout of this suite's released corrupted test sets (``harness.data.corruptions``):
+    # ImageNet-C's folders, or CIFAR-10-C's arrays.
+    corruption_layout: ClassVar[str] = "imagenet-c"
     # Keep decoded images in memory after their first read: for suites small enough that
     # decoding would otherwise cost more than the training step (the embedded one).
     in_memory: ClassVar[bool] = False

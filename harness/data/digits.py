@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from harness.data.base import CLASSIFICATION, CORRUPTIONS
 from harness.data.generated import GeneratedSuite, png_bytes, positive_int, sha256
 from harness.errors import UsageError
 
@@ -208,6 +209,7 @@ class DigitsSuite(GeneratedSuite):
         "natural-photo patches (10 classes, generated locally, no download)"
     )
     in_memory = True  # ~4,000 images of 3 KB: decoding each PNG again cost ~15% of a CPU step
+    provides = (CLASSIFICATION, CORRUPTIONS)  # corruptions: generated from val (harness.data.corruptions)
     profile = {
         "data.image_size": 32,
         # 32px images: a 256/224 resize before the centre crop would cut the digit's edges.
@@ -224,6 +226,7 @@ class DigitsSuite(GeneratedSuite):
         "eval.linear.feature_norm": "batchnorm",
         "eval.linear.crop_scale_min": 0.35,
         "eval.linear.flip": False,  # digits are not mirror-symmetric
+        "eval.robustness.images_per_class": 20,  # 200 val images x 95 corrupted copies
         "eval.semi_supervised.crop_scale_min": 0.35,
         "eval.semi_supervised.flip": False,
     }

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from harness.data.base import CLASSIFICATION, DETECTION
+from harness.data.base import CLASSIFICATION, CORRUPTIONS, DETECTION
 from harness.data.generated import GeneratedSuite, png_bytes, positive_int, sha256
 from harness.errors import UsageError
 
@@ -202,7 +202,9 @@ class GlyphsSuite(GeneratedSuite):
                    "own colour, position, scale, rotation, stroke and gradient background; val in 5 held-out fonts "
                    "(10 classes, generated locally, no download)")
     in_memory = True  # ~12,000 images of 3 KB: decoded once per process
-    provides = (CLASSIFICATION, DETECTION)  # detection: scenes of several glyphs (harness.data.scenes)
+    # detection: scenes of several glyphs (harness.data.scenes); corruptions: ImageNet-C's
+    # corruptions of the val split, generated on first use (harness.data.corruptions).
+    provides = (CLASSIFICATION, DETECTION, CORRUPTIONS)
     GENERATOR_VERSION = GENERATOR_VERSION
     # Methods without a profile for this suite use their `digits` one: the same 32-px, 10-class
     # images and CPU budget; a `glyphs` profile overrides it where this suite needs other values.
@@ -241,6 +243,10 @@ class GlyphsSuite(GeneratedSuite):
         "eval.detection.proposals_train": 300,
         "eval.detection.proposals_test": 100,
         "eval.detection.trials": 1,
+        # ImageNet-C's 19 corruptions x 5 severities of the first 20 val images per class
+        # (200 of 2,000: 19,000 corrupted images, generated once, ~30 s on one core), so
+        # `--eval all` stays within the demo's 5 minutes.
+        "eval.robustness.images_per_class": 20,
         "eval.detection.precise_bn": False,
     }
 

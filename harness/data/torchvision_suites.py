@@ -129,6 +129,7 @@ class CIFAR10Suite(TorchvisionSuite):
     dataset_name = "cifar10"
     splits = {"train": {"train": True}, "val": {"train": False}}
     profile = {"data.image_size": 32, "data.eval_resize_ratio": 1.0}
+    corruption_layout = "cifar-c"  # CIFAR-10-C / CIFAR-100-C: one .npy per corruption (Hendrycks & Dietterich 2019)
 
     def torchvision_dataset(self, **kwargs):
         from torchvision.datasets import CIFAR10

@@ -16,13 +16,14 @@ def to_tensor(normalize: bool = True) -> T.Compose:
     return T.Compose(steps)
 
 
+def eval_resize_crop(image_size: int, resize_ratio: float = 256 / 224) -> T.Compose:
+    """Resize then centre crop (ImageNet convention: Resize 256 + CenterCrop 224), image to image."""
+    return T.Compose([T.Resize(int(round(image_size * resize_ratio)), antialias=True), T.CenterCrop(image_size)])
+
+
 def eval_transform(image_size: int, resize_ratio: float = 256 / 224) -> T.Compose:
-    """Resize then centre crop (ImageNet convention: Resize 256 + CenterCrop 224)."""
-    return T.Compose([
-        T.Resize(int(round(image_size * resize_ratio)), antialias=True),
-        T.CenterCrop(image_size),
-        to_tensor(),
-    ])
+    """The evaluation view: ``eval_resize_crop`` then a normalised tensor."""
+    return T.Compose([eval_resize_crop(image_size, resize_ratio), to_tensor()])
 
 
 def crop_flip_transform(image_size: int, scale_min: float = 0.08, flip: bool = True, normalize: bool = True) -> T.Compose:
