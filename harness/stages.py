@@ -13,6 +13,7 @@ import torch
 
 from harness import checkpoint, registry, tags
 from harness.context import RunContext
+from harness.metrics import Declaration
 from harness.plots import loss_curve, reconstruction_grid
 from harness.rundir import PRETRAIN
 from harness.seeding import derive_seed, seed_everything
@@ -89,12 +90,17 @@ def evaluate(ctx: RunContext, name: str, method, final_state: dict) -> dict[str,
     ev = ev_cls(cfg, feature_cache=folder.feature_cache)
     declaration = ev.declaration()
     cached = folder.eval_result(name)
+    # A finished result keeps the label and headline it was recorded with (robustness's depend
+    # on what its run found).
+    label = cached.get("preset", ev.preset) if cached else ev.preset
+    if cached and Declaration.from_dict(cached.get("declaration")):
+        declaration = Declaration.from_dict(cached["declaration"])
     child = folder.eval_run_id(name)
     if not tracker.run_exists(child):
         child = tracker.create_run(
-            f"{name}/{ev.preset}", {**ctx.identity, tags.STAGE: tags.STAGE_EVAL, tags.EVAL: name,
-                                    tags.PROTOCOL: ev_cls.protocol, tags.PRESET: ev.preset,
-                                    tags.METRICS: declaration.to_json()},
+            f"{name}/{label}", {**ctx.identity, tags.STAGE: tags.STAGE_EVAL, tags.EVAL: name,
+                                tags.PROTOCOL: ev_cls.protocol, tags.PRESET: label,
+                                tags.METRICS: declaration.to_json()},
             cfg.section(f"eval.{name}"), parent_id=ctx.parent)
         folder.set_eval_run_id(name, child)
         if cached is not None:  # finished before, tracked elsewhere: track the result here too

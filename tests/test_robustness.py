@@ -120,6 +120,18 @@ def test_released_imagenet_c_tree_is_read_and_scored(glyph_data, tmp_path, monke
     assert "mce" not in m and m["mean_error"] == pytest.approx((m["error/gaussian_noise"] + m["error/fog"]) / 2)
     assert record["normalizer"]["kind"] == "unnormalized"
     assert (out / "evals" / "robustness" / "corruption_errors.png").read_bytes()[:4] == b"\x89PNG"
+    # Re-run into another tracking store: the cached result is tracked with the label and the
+    # headline it was recorded with, not the eval's defaults.
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert main(["run", "--method", "random", "--epochs", "0", "--eval", "robustness", "--output-dir", str(out),
+                 "--tracking-uri", other, *TINY, f"eval.robustness.data_root={tree}",
+                 "eval.robustness.corruptions=[gaussian_noise,fog]"]) == 0
+    client = MlflowClient(other)
+    (tracked,) = client.search_runs([client.get_experiment_by_name("ssl-harness").experiment_id],
+                                    "tags.`harness.eval` = 'robustness'")
+    assert tracked.data.tags["harness.preset"] == "imagenet_c/moco-probe/unnormalized"
+    assert json.loads(tracked.data.tags["harness.metrics"])["headline"] == "mean_error"
+    assert tracked.data.metrics["mean_error"] == pytest.approx(m["mean_error"])
 
 
 def test_a_missing_corruption_or_severity_folder_is_a_one_line_error_before_any_work(glyph_data, tmp_path, capsys,
@@ -217,7 +229,7 @@ def test_generated_sets_and_alexnet_reference_normalise_later_runs(glyph_data, t
     assert main([*RUN, "eval.linear.preset=simclr", "eval.linear.epochs=1", "--method", "random",
                  "--output-dir", str(other), "--tracking-uri", uri]) == 0
     record = json.loads((other / "evals" / "robustness" / "robustness.json").read_text())
-    assert record["normalizer"]["kind"] == "alexnet_run" and str(ref) in record["normalizer"]["name"]
+    assert record["normalizer"]["kind"] == "alexnet_run" and record["normalizer"]["run"] == str(ref)
     assert record["probe"] == "linear/simclr"
     m = record["metrics"]
     assert m["mce"] == pytest.approx(m["ce/gaussian_noise"])  # the only mCE corruption chosen
