@@ -48,6 +48,13 @@ def main() -> None:
     print(f"{DEFAULT_SUITE} generation: {generation_seconds():.0f} s (fresh, in a temporary data folder)")
     scenes = generation_seconds("from harness.data.scenes import GlyphScenes; GlyphScenes().prepare()")
     print(f"{DEFAULT_SUITE} detection scenes (VOC + COCO layouts): {scenes:.0f} s (fresh, made on the first detection eval)")
+    corrupted = generation_seconds(
+        "import tempfile; from harness.data.glyphs import GlyphsSuite; "
+        "from harness.data.corruptions import ALL_CORRUPTIONS, corrupted_sets; "
+        "corrupted_sets(GlyphsSuite(), ALL_CORRUPTIONS, images_per_class=GlyphsSuite.profile['eval.robustness.images_per_class'], "
+        "resize_ratio=1.0, out=tempfile.mkdtemp(), make=True, log=lambda *a: None)")
+    print(f"{DEFAULT_SUITE} corrupted sets (19 x 5 of 200 val images): {corrupted:.0f} s (fresh, includes the "
+          f"suite's own generation in that folder; made on the first robustness eval)")
     print(f"harness run --method cpc_v2 --eval all: {wall:.0f} s wall")
     for name, m in res.items():
         print(f"  {name}: {Declaration.from_dict(saved['declarations'][name]).summary(m)}")

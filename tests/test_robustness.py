@@ -208,6 +208,23 @@ def test_generation_is_deterministic_across_processes_and_worker_counts(glyph_da
     assert len(set(sev)) == 5
 
 
+def test_spatter_that_spatters_nothing_keeps_the_clean_image_instead_of_a_platform_cast_of_nan():
+    from imagecorruptions import corrupt
+
+    from harness.data.corruptions import corrupt_image
+
+    img = np.full((32, 32, 3), 120, np.uint8)
+    # Seed 35: no liquid above spatter's threshold on 32 px, so the library divides 0 by 0.
+    out, undefined = corrupt_image(img, "spatter", 1, 35)
+    assert undefined == img.size and (out == img).all()
+    np.random.seed(35)
+    with np.errstate(all="ignore"):
+        raw = corrupt(img, corruption_name="spatter", severity=1)
+    assert not (raw == img).all()  # the library alone returns the cast of NaN
+    out, undefined = corrupt_image(img, "spatter", 1, 0)
+    assert undefined == 0 and not (out == img).all()  # an ordinary draw does spatter
+
+
 def test_generated_sets_and_alexnet_reference_normalise_later_runs(glyph_data, tmp_path, monkeypatch):
     """The suite's supervised AlexNet records the normaliser for the exact images scored; a later
     run of another method is normalised by it and names it; the tracked run says so."""
