@@ -20,8 +20,9 @@ demo: install
 	$(VENV)/bin/harness leaderboard build --output-dir leaderboard_site
 
 # The Slurm tests (tests/test_slurm.py) start a real single-node cluster from Debian's
-# slurm-wlm and munge; submitit's code snapshot needs rsync. Installed here when missing and
-# running as root with apt-get; otherwise those tests are skipped and say why.
+# slurm-wlm and munge; submitit's code snapshot needs rsync; the leaderboard's page tests a real
+# Chromium. Installed here when missing and running as root with apt-get; otherwise those tests
+# are skipped and say why.
 system-deps:
 	@if [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/munged ] || ! command -v rsync >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -30,6 +31,15 @@ system-deps:
 	    apt-get install -y -q slurm-wlm munge rsync >/dev/null 2>&1 || \
 	      { apt-get update -q >/dev/null && apt-get install -y -q slurm-wlm munge rsync >/dev/null; }; \
 	  else echo "note: slurm-wlm/munge/rsync missing and not root with apt-get: the Slurm tests will be skipped"; fi; \
+	fi
+	@# The leaderboard's page tests drive a real headless Chromium (Debian's package).
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "note: chromium missing and not root with apt-get: the leaderboard's browser tests will be skipped"; fi; \
 	fi
 
 # detectron2 (optional; not on PyPI) for `--eval detection` with backend=detectron2. Built from

@@ -47,7 +47,7 @@ class SemiSupervised(Evaluator):
     # top1 / top5 are the first fraction's (1 %); the 10 % top-1 gets a column of its own.
     metrics = (top1("val top-1 fine-tuned on the first fraction of the labels (1 %)"),
                top5("val top-5 fine-tuned on the first fraction of the labels (1 %)"),
-               Metric("pct10_top1", "higher", "%", "val top-1 fine-tuned on 10 % of the labels"))
+               Metric("pct10_top1", "higher", "%", "val top-1 fine-tuned on 10 % of the labels", featured=True))
     headline = "top1"
     rules = {
         "fractions": each(number(0, 100, lo_open=True)), "epochs": each(integer(0)), "batch_size": integer(1),

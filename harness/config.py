@@ -117,6 +117,12 @@ class Config:
         blob = json.dumps(semantic, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 
+    @property
+    def config_id(self) -> str:
+        """The hash without the seed: every seed of one command shares it."""
+        semantic = {k: v for k, v in self.values.items() if k not in NON_SEMANTIC and k != "seed"}
+        return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()
+
     def to_dict(self) -> dict:
         return {
             "config_hash": self.hash,

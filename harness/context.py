@@ -54,7 +54,7 @@ def deterministic(cfg: Config) -> bool:
 
 def identity_tags(cfg: Config, *, method: str, suite: str, folder: RunFolder, device: torch.device,
                   deterministic: bool, data_hash: str, command: list[str], invocation: list[str],
-                  extra: dict) -> dict:
+                  extra: dict, method_cls=None) -> dict:
     """The tags every run of this run folder carries (parent and children)."""
     from harness import ddp
 
@@ -63,7 +63,8 @@ def identity_tags(cfg: Config, *, method: str, suite: str, folder: RunFolder, de
     return {
         tags.METHOD: method, tags.RECIPE: cfg["method.recipe"], tags.BACKBONE: cfg["backbone.name"],
         tags.WIDTH: cfg["backbone.width"], tags.SUITE: suite, tags.SEED: int(cfg["seed"]),
-        tags.EPOCHS: cfg["train.epochs"], tags.CONFIG_HASH: cfg.hash,
+        tags.EPOCHS: cfg["train.epochs"], tags.CONFIG_HASH: cfg.hash, tags.CONFIG_ID: cfg.config_id,
+        tags.METHOD_FAMILY: getattr(method_cls, "family", "other"), tags.BASELINE: getattr(method_cls, "baseline", ""),
         tags.COMMAND: provenance.rerun_command(command),
         tags.INVOCATION: provenance.rerun_command(invocation) if invocation else "",
         tags.GIT_COMMIT: commit, tags.GIT_DIRTY: dirty, tags.DATASET_HASH: data_hash,

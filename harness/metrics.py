@@ -27,6 +27,8 @@ class Metric:
     direction: str = HIGHER
     unit: str = "%"
     description: str = ""
+    # Shown on a suite's home page beside its eval's headline (semi-supervised's 10 % result).
+    featured: bool = False
 
     def __post_init__(self):
         if self.direction not in (HIGHER, LOWER):

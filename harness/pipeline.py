@@ -176,7 +176,7 @@ def execute(req: RunRequest, log=print) -> dict[str, dict[str, float]]:
         ctx.identity = identity_tags(cfg, method=req.method, suite=req.suite, folder=folder, device=device,
                                      deterministic=det, data_hash=suite.content_hash(),
                                      command=rerun_args(req, cfg, folder.root, evals), invocation=req.argv,
-                                     extra=req.tags)
+                                     extra=req.tags, method_cls=ctx.method_cls)
         results = _run_stages(ctx, req, wanted, run_evals)
         written = folder.write_results(evals, cfg.hash)
     for name, m in results.items():

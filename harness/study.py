@@ -104,6 +104,7 @@ def run_arch_study(methods, backbones, widths, seeds, *, write_report: Callable[
     run_id = tracker.create_run(f"study/arch/{study_id}", {
         tags.STAGE: tags.STAGE_STUDY, tags.STUDY_ID: study_id, tags.STUDY_KIND: "arch",
         tags.SUITE: suite, tags.EVAL: eval_name, tags.STUDY_METRIC: metric,
+        tags.STUDY_DIRECTION: "higher" if higher else "lower",
         tags.STUDY_GRID: json.dumps({"methods": methods, "backbones": backbones, "widths": widths, "seeds": seeds}),
     })
     for path in paths.values():

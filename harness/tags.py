@@ -11,6 +11,10 @@ SUITE = "harness.suite"
 SEED = "harness.seed"
 EPOCHS = "harness.epochs"
 CONFIG_HASH = "harness.config_hash"
+# The config hash without the seed: the seeds of one command share it (one entry, one config).
+CONFIG_ID = "harness.config_id"
+METHOD_FAMILY = "harness.method_family"
+BASELINE = "harness.baseline"  # "floor" / "ceiling" for baseline methods
 
 # Provenance: how to re-run it, where it ran.
 COMMAND = "harness.command"
@@ -47,6 +51,7 @@ STUDY_KIND = "harness.study_kind"
 STUDY_WIDTH = "harness.study_width"
 STUDY_GRID = "harness.study_grid"
 STUDY_METRIC = "harness.metric"
+STUDY_DIRECTION = "harness.study_direction"  # "higher" or "lower": how the study ranked
 
 # MLflow's own tag linking a child run (an eval) to its parent (the pretraining).
 PARENT_RUN = "mlflow.parentRunId"

@@ -142,6 +142,22 @@ def _long_values(runs: pd.DataFrame, declared: dict[str, Column]) -> pd.DataFram
     return long[long["label"].isin(declared)]
 
 
+def counted_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The eval runs the leaderboard counts: finished, with a readable declaration (parsed in
+    ``_declaration``), the newest per (config, seed, protocol, preset), key columns filled."""
+    runs = df.copy()
+    if runs.empty:
+        return runs.assign(_declaration=pd.Series(dtype=object))
+    if "status" in runs.columns:
+        runs = runs[runs["status"] == COUNTED_STATUS].copy()
+    runs = _declared_runs(runs)
+    runs["protocol"] = runs["protocol"].fillna(runs["eval"])
+    # groupby drops NA keys, which would silently lose runs with a missing tag.
+    for column in (*KEY_COLUMNS, "protocol", "preset", "seed"):
+        runs[column] = runs[column].astype(object).where(runs[column].notna(), MISSING)
+    return _latest_per_evaluation(runs)
+
+
 def leaderboard_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (suite, method, backbone, width, epochs); per (protocol, preset) and
     metric that eval declares, three columns: ``label`` (mean over seeds), ``label · std``
@@ -151,17 +167,7 @@ def leaderboard_table(df: pd.DataFrame) -> pd.DataFrame:
     distinct config hashes folded into the row, ``commands`` holds the distinct re-run
     commands ordered by seed.
     """
-    runs = df.copy()
-    if runs.empty:
-        return _empty_table()
-    if "status" in runs.columns:
-        runs = runs[runs["status"] == COUNTED_STATUS].copy()
-    runs = _declared_runs(runs)
-    runs["protocol"] = runs["protocol"].fillna(runs["eval"])
-    # groupby drops NA keys, which would silently lose runs with a missing tag.
-    for column in (*KEY_COLUMNS, "protocol", "preset", "seed"):
-        runs[column] = runs[column].astype(object).where(runs[column].notna(), MISSING)
-    runs = _latest_per_evaluation(runs)
+    runs = counted_runs(df)
     if runs.empty:
         return _empty_table()
 
@@ -190,8 +196,12 @@ def leaderboard_table(df: pd.DataFrame) -> pd.DataFrame:
         table[n_column(label)] = wide[("n", label)].astype("Int64")
 
     rows = runs[runs.set_index(list(KEY_COLUMNS)).index.isin(table.index)]
+    # One command's seeds share a config id (the hash without the seed); runs from before that
+    # tag fall back to their config hash.
+    config_ids = (rows["config_id"] if "config_id" in rows.columns else pd.Series(None, index=rows.index)).astype(object)
+    rows = rows.assign(_config=config_ids.fillna(rows["config_hash"]))
     by_row = rows.groupby(list(KEY_COLUMNS))
-    table["configs"] = by_row["config_hash"].nunique().astype(int)
+    table["configs"] = by_row["_config"].nunique().astype(int)
     table["commands"] = by_row[["seed", "command"]].apply(_commands_by_seed)
 
     table = table.reset_index().sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)

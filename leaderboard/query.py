@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from mlflow.entities import LifecycleStage
 
 from harness import tags
+from leaderboard.store_sql import SqlStore, is_database
 
 EXPERIMENT_NAME = tags.EXPERIMENT
 EVAL_FILTER = tags.stage_filter(tags.STAGE_EVAL)
@@ -34,6 +35,17 @@ TAG_COLUMNS: dict[str, str] = {
     # metrics it reports, which direction is better, and its headline. The leaderboard
     # ranks by these, never by metric names it would otherwise have to guess.
     "metrics_declaration": tags.METRICS,
+    # What an entry page shows: the family and baseline role (filters, floor/ceiling rows),
+    # the seedless config id (one command's seeds are one config) and the provenance.
+    "method_family": tags.METHOD_FAMILY,
+    "baseline": tags.BASELINE,
+    "config_id": tags.CONFIG_ID,
+    "git_dirty": tags.GIT_DIRTY,
+    "versions": tags.VERSIONS,
+    "device": tags.DEVICE,
+    "dataset_hash": tags.DATASET_HASH,
+    "slurm_job_id": tags.SLURM_JOB_ID,
+    "output_dir": tags.OUTPUT_DIR,
 }
 DECLARATION_COLUMN = "metrics_declaration"
 
@@ -47,6 +59,15 @@ _TRAILING = [
     "git_commit",
     "epochs",
     "command",
+    "method_family",
+    "baseline",
+    "config_id",
+    "git_dirty",
+    "versions",
+    "device",
+    "dataset_hash",
+    "slurm_job_id",
+    "output_dir",
     DECLARATION_COLUMN,
 ]
 # Identity and bookkeeping columns only: which metrics exist is up to each eval.
@@ -103,15 +124,37 @@ def eval_runs(tracking_uri: str) -> pd.DataFrame:
     tags are None), then one column per metric logged by any run (its latest value; NaN
     where a run did not log it), then bookkeeping columns, ending with
     ``metrics_declaration`` (the eval's raw JSON declaration, None when the run has none).
-    ``start_time`` is a UTC timestamp. Uses an explicit client: the process-global MLflow
-    tracking uri is never touched.
+    ``start_time`` is a UTC timestamp. Database stores are read with set-wise SQL
+    (``leaderboard.store_sql``), others through an explicit client: the process-global
+    MLflow tracking uri is never touched.
     """
     if _missing_sqlite_file(tracking_uri):
         return empty_frame()
+    if is_database(tracking_uri):
+        rows = _sql_rows(tracking_uri)
+    else:
+        rows = _client_rows(tracking_uri)
+    if not rows:
+        return empty_frame()
+    return _frame(rows)
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    out = pd.DataFrame(rows)
+    for column in TAG_COLUMNS:
+        if column not in out.columns:
+            out[column] = None
+        # pandas infers a string dtype that turns a missing tag into NaN; keep None as documented.
+        out[column] = out[column].astype(object).where(out[column].notna(), None)
+    metrics = sorted(c for c in out.columns if c not in _RESERVED)
+    return out[_LEADING + metrics + _TRAILING].sort_values("run_id", kind="stable").reset_index(drop=True)
+
+
+def _client_rows(tracking_uri: str) -> list[dict]:
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = _experiment_id(client)
     if experiment_id is None:
-        return empty_frame()
+        return []
     rows, token = [], None
     while True:
         page = client.search_runs([experiment_id], EVAL_FILTER, max_results=1000, page_token=token)
@@ -119,14 +162,31 @@ def eval_runs(tracking_uri: str) -> pd.DataFrame:
         token = page.token
         if not token:
             break
-    if not rows:
-        return empty_frame()
-    out = pd.DataFrame(rows)
-    for column in TAG_COLUMNS:
-        # pandas infers a string dtype that turns a missing tag into NaN; keep None as documented.
-        out[column] = out[column].astype(object).where(out[column].notna(), None)
-    metrics = sorted(c for c in out.columns if c not in _RESERVED)
-    return out[_LEADING + metrics + _TRAILING].reset_index(drop=True)
+    return rows
+
+
+def _sql_rows(tracking_uri: str) -> list[dict]:
+    store = SqlStore(tracking_uri, EXPERIMENT_NAME)
+    if store.experiment_id is None:
+        return []
+    runs = store.runs(tags.STAGE, tags.STAGE_EVAL)
+    if runs.empty:
+        return []
+    wanted = {tag: column for column, tag in TAG_COLUMNS.items()}
+    run_tags = store.tags(tags.STAGE, tags.STAGE_EVAL)
+    run_tags = run_tags[run_tags["key"].isin(wanted)]
+    by_run: dict[str, dict] = {r: {} for r in runs["run_id"]}
+    for run_id, key, value in run_tags.itertuples(index=False):
+        by_run[run_id][wanted[key]] = value
+    for run_id, key, value in store.latest_metrics(tags.STAGE, tags.STAGE_EVAL).itertuples(index=False):
+        by_run[run_id][metric_column(key)] = value
+    rows = []
+    for run_id, start, status, _ in runs.itertuples(index=False):
+        row = {column: None for column in TAG_COLUMNS}
+        row.update(by_run[run_id])
+        row.update(run_id=run_id, start_time=pd.Timestamp(int(start), unit="ms", tz="UTC"), status=status)
+        rows.append(row)
+    return rows
 
 
 def study_runs(tracking_uri: str) -> list:
@@ -139,3 +199,45 @@ def study_runs(tracking_uri: str) -> list:
         return []
     return list(client.search_runs([experiment_id], STUDY_FILTER,
                                    order_by=["attributes.start_time DESC"], max_results=1000))
+
+
+def pretrain_runs(tracking_uri: str) -> dict[str, dict]:
+    """Every pretraining run (the parent of an entry's evals): run id -> its config values
+    (``params``), ``artifact_uri`` and pretraining loss by step (``loss``)."""
+    if _missing_sqlite_file(tracking_uri):
+        return {}
+    pretrain = tags.STAGE_PRETRAIN
+    if is_database(tracking_uri):
+        store = SqlStore(tracking_uri, EXPERIMENT_NAME)
+        if store.experiment_id is None:
+            return {}
+        out = {r: {"params": {}, "artifact_uri": a, "loss": []}
+               for r, _, _, a in store.runs(tags.STAGE, pretrain).itertuples(index=False)}
+        for run_id, key, value in store.params(tags.STAGE, pretrain).itertuples(index=False):
+            if run_id in out:
+                out[run_id]["params"][key] = value
+        for run_id, _, value in store.history(tags.STAGE, pretrain, tags.TRAIN_LOSS).itertuples(index=False):
+            if run_id in out:
+                out[run_id]["loss"].append(float(value))
+        return out
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = _experiment_id(client)
+    if experiment_id is None:
+        return {}
+    out, token = {}, None
+    while True:
+        page = client.search_runs([experiment_id], tags.stage_filter(pretrain), max_results=1000, page_token=token)
+        for run in page:
+            history = client.get_metric_history(run.info.run_id, tags.TRAIN_LOSS)
+            out[run.info.run_id] = {"params": dict(run.data.params), "artifact_uri": run.info.artifact_uri,
+                                    "loss": [m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))]}
+        token = page.token
+        if not token:
+            break
+    return out
+
+
+def experiment_id(tracking_uri: str) -> str | None:
+    if _missing_sqlite_file(tracking_uri):
+        return None
+    return _experiment_id(MlflowClient(tracking_uri=tracking_uri))

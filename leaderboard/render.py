@@ -162,15 +162,7 @@ def render_html(table: pd.DataFrame, tracking_uri: str, generated_at: datetime, 
 
 
 def build(tracking_uri: str, out_dir: Path) -> Path:
-    """Write ``out_dir/index.html`` and ``out_dir/leaderboard.csv``; return the HTML path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = leaderboard_table(eval_runs(tracking_uri))
+    """Write the site (``leaderboard.site``) into ``out_dir``; return its index.html."""
+    from leaderboard.site import build_site
 
-    html_path = out_dir / "index.html"
-    studies = publish_studies(tracking_uri, out_dir)
-    html_path.write_text(
-        render_html(table, tracking_uri, datetime.now(timezone.utc), studies), encoding="utf-8"
-    )
-    csv_frame(table).to_csv(out_dir / "leaderboard.csv", index=False)
-    return html_path
+    return build_site(tracking_uri, Path(out_dir))

@@ -87,6 +87,7 @@ class OneDimLrScale:
 
 class BarlowTwins(OneDimLrScale, Method):
     name = "barlow_twins"
+    family = "redundancy reduction"
     description = "Barlow Twins: cross-correlation of two views' embeddings driven to the identity"
     source = "Zbontar, Jing, Misra, LeCun & Deny, Barlow Twins, ICML 2021"
     recipes = {

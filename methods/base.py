@@ -22,6 +22,11 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     source: ClassVar[str] = ""
+    # The kind of method ("contrastive", "pretext task", ...): a tag on every run, which the
+    # leaderboard filters by without importing the method.
+    family: ClassVar[str] = "other"
+    # "floor" or "ceiling" for the baselines every method is read against ("" otherwise).
+    baseline: ClassVar[str] = ""
     # recipe name -> flat dotted config values (``P(value, source)`` for cited ones).
     recipes: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
     # suite name -> values that adapt the recipe to that suite's budget and image size.

@@ -18,6 +18,8 @@ TV = "pytorch/vision references/classification (ResNet-50: SGD lr 0.1, batch 256
 
 class Supervised(Method):
     name = "supervised"
+    family = "baseline"
+    baseline = "ceiling"  # the leaderboard marks it as a ceiling
     description = "baseline: the same backbone trained with labels (cross-entropy), the ceiling of a table"
     source = HE
     uses_unlabeled = False  # every image needs its label
@@ -80,6 +82,8 @@ class Supervised(Method):
 
 class Random(Method):
     name = "random"
+    family = "baseline"
+    baseline = "floor"  # the leaderboard marks it as a floor
     description = "baseline: the backbone at its random initialisation (no training), the floor of a table"
     source = "harness baseline (the initialisation of the backbone's factory under the run seed)"
     trainable: ClassVar[bool] = False
@@ -99,6 +103,8 @@ class Random(Method):
 
 class Pixels(Method):
     name = "pixels"
+    family = "baseline"
+    baseline = "floor"  # the leaderboard marks it as a floor
     description = ("baseline: the normalised image's pixels as the representation, no network; what every method "
                    "must beat (a suite where raw pixels win cannot tell methods apart)")
     source = "harness baseline (the eval transform's normalised pixels, read by the same kNN and linear protocols)"

@@ -17,6 +17,7 @@ GRILL = "Grill et al. 2020 (BYOL)"
 
 class BYOL(Method):
     name = "byol"
+    family = "self-distillation"
     description = "BYOL: online encoder + predictor regress an EMA target's projection of the other view"
     source = "Grill et al., Bootstrap Your Own Latent, NeurIPS 2020"
     recipes = {

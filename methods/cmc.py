@@ -51,6 +51,7 @@ def in_batch_cross_view_loss(feat_l: torch.Tensor, feat_ab: torch.Tensor, temper
 
 class CMC(Method):
     name = "cmc"
+    family = "contrastive"
     description = "CMC: L and ab views, separate half-width encoders, cross-view contrast with memory banks"
     source = "Tian, Krishnan & Isola, Contrastive Multiview Coding, arXiv 1906.05849 (ECCV 2020)"
     needs_index = True

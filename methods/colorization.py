@@ -32,6 +32,7 @@ def lightness_input(lab: torch.Tensor) -> torch.Tensor:
 
 class Colorization(Method):
     name = "colorization"
+    family = "reconstruction"
     description = "Colorization: L in, ab out as rebalanced classification over quantised in-gamut ab bins"
     source = "Zhang, Isola & Efros, ECCV 2016"
     recipes = {

@@ -77,6 +77,7 @@ class MaskedImage:
 
 class ContextEncoder(Method):
     name = "context_encoder"
+    family = "reconstruction"
     description = "Context encoder: inpaint masked regions (L2 + adversarial loss), encoder-decoder"
     source = "Pathak et al., CVPR 2016"
     recipes = {

@@ -16,6 +16,7 @@ OORD = "van den Oord et al. 2018 (CPC v1), Sec. 3.3"
 
 class CPCv1(CPCv2):
     name = "cpc_v1"
+    family = "contrastive"
     description = "CPC v1: patch grid, masked-conv autoregressive context, InfoNCE up to 5 rows below"
     source = "van den Oord, Li & Vinyals, arXiv 1807.03748, 2018"
     recipes = {

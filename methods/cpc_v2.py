@@ -131,6 +131,7 @@ def cpc_v2_recipe(backbone) -> dict:
 
 class CPCv2(Method):
     name = "cpc_v2"
+    family = "contrastive"
     description = "CPC v2: per-patch augmented grid, masked-conv context, InfoNCE on the rows below"
     source = "Hénaff et al., Data-Efficient Image Recognition with CPC, ICML 2020"
     probes_blocks = False  # its representation is not one backbone pass over the image

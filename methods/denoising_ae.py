@@ -62,6 +62,7 @@ class DenoisingTransform:
 
 class DenoisingAE(Method):
     name = "denoising_ae"
+    family = "reconstruction"
     description = "Denoising autoencoder: reconstruct clean pixels from masked / Gaussian / salt-and-pepper input"
     source = "Vincent et al., ICML 2008; JMLR 2010"
     recipes = {

@@ -99,6 +99,7 @@ def is_vit(backbone_name: str) -> bool:
 
 class DINO(Method):
     name = "dino"
+    family = "self-distillation"
     description = "DINO: multi-crop self-distillation into an EMA teacher with centred, sharpened targets"
     source = "Caron et al., Emerging Properties in Self-Supervised Vision Transformers, ICCV 2021"
     recipes = {"default": DEFAULT, "resnet50": RESNET50}

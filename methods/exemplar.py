@@ -65,6 +65,7 @@ class ExemplarViews:
 
 class Exemplar(Method):
     name = "exemplar"
+    family = "pretext task"
     description = "Exemplar: heavy augmentations of each image, triplet loss over image identities"
     source = "Dosovitskiy et al., NIPS 2014; triplet variant of Kolesnikov et al., CVPR 2019"
     recipes = {

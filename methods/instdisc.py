@@ -62,6 +62,7 @@ def bank_loss(f: torch.Tensor, bank: MemoryBank, indices: torch.Tensor, k: int, 
 
 class InstDisc(Method):
     name = "instdisc"
+    family = "contrastive"
     description = "InstDisc: non-parametric instance discrimination, NCE against a memory bank of features"
     source = "Wu, Xiong, Yu & Lin, Unsupervised Feature Learning via Non-Parametric Instance Discrimination, CVPR 2018"
     needs_index = True

@@ -52,6 +52,7 @@ class JigsawTransform:
 
 class Jigsaw(Method):
     name = "jigsaw"
+    family = "pretext task"
     description = "Jigsaw puzzles: classify which of a max-Hamming permutation set shuffled 3x3 tiles"
     source = "Noroozi & Favaro, ECCV 2016"
     probes_blocks = False  # its representation is not one backbone pass over the image

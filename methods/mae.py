@@ -71,6 +71,7 @@ def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_
 
 class MAE(Method):
     name = "mae"
+    family = "reconstruction"
     description = "MAE: ViT encoder on visible patches, light decoder, normalised-pixel loss on 75% masked"
     source = "He et al., Masked Autoencoders Are Scalable Vision Learners, CVPR 2022"
     probes_blocks = False  # its representation is not one backbone pass over the image

@@ -246,6 +246,7 @@ def queue_digits_profile(**extra) -> dict:
 
 class MoCoV1(_QueueMoCo):
     name = "moco_v1"
+    family = "contrastive"
     description = "MoCo v1: query vs momentum-encoder key and a 65,536-key queue (InfoNCE, shuffle-BN)"
     source = "He, Fan, Wu, Xie & Girshick, CVPR 2020"
     recipes = {"default": v1_recipe()}
@@ -258,6 +259,7 @@ class MoCoV1(_QueueMoCo):
 
 class MoCoV2(_QueueMoCo):
     name = "moco_v2"
+    family = "contrastive"
     description = "MoCo v2: MoCo with an MLP head, blur augmentation, temperature 0.2 and a cosine schedule"
     source = "Chen, Fan, Girshick & He, arXiv:2003.04297, 2020"
     recipes = {"default": v2_recipe(200), "800ep": v2_recipe(800)}
@@ -306,6 +308,7 @@ def v3_variant(**changes) -> dict:
 
 class MoCoV3(_MoCo):
     name = "moco_v3"
+    family = "contrastive"
     description = "MoCo v3: no queue, predictor on the query, symmetric in-batch contrastive loss"
     source = "Chen, Xie & He, ICCV 2021"
     shuffle_bn = False

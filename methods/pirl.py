@@ -63,6 +63,7 @@ class PIRLViews:
 
 class PIRL(Method):
     name = "pirl"
+    family = "contrastive"
     description = "PIRL: image and jigsaw-tile representations pulled to a memory bank of image features (NCE)"
     source = "Misra & van der Maaten, Self-Supervised Learning of Pretext-Invariant Representations, CVPR 2020"
     needs_index = True

@@ -44,6 +44,7 @@ class RelativePatchTransform:
 
 class RelativePatch(Method):
     name = "relative_patch"
+    family = "pretext task"
     description = "Relative patch location: 8-way classification of a neighbour patch's position"
     source = "Doersch, Gupta & Efros, ICCV 2015"
     probes_blocks = False  # its representation is not one backbone pass over the image

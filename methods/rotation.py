@@ -52,6 +52,7 @@ def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Rotation(Method):
     name = "rotation"
+    family = "pretext task"
     description = "RotNet: 4-way classification of the rotation (0/90/180/270) applied to each image"
     source = "Gidaris, Singh & Komodakis, ICLR 2018"
     recipes = {

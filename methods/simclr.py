@@ -111,6 +111,7 @@ DIGITS_TWO_VIEW = {
 
 class SimCLR(Method):
     name = "simclr"
+    family = "contrastive"
     description = "SimCLR: NT-Xent over two augmented views per image, nonlinear projection head, LARS"
     source = "Chen, Kornblith, Norouzi & Hinton, A Simple Framework for Contrastive Learning, ICML 2020"
     recipes = {

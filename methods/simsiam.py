@@ -20,6 +20,7 @@ CODE = "facebookresearch/simsiam"
 
 class SimSiam(Method):
     name = "simsiam"
+    family = "self-distillation"
     description = "SimSiam: predictor regresses the other view's projection under stop-gradient"
     source = "Chen & He, Exploring Simple Siamese Representation Learning, CVPR 2021"
     recipes = {

@@ -51,6 +51,7 @@ class SplitBrainEncoder(nn.Module):
 
 class SplitBrain(Method):
     name = "split_brain"
+    family = "reconstruction"
     description = "Split-brain autoencoder: half-width networks predict L->ab and ab->L by classification"
     source = "Zhang, Isola & Efros, CVPR 2017"
     probes_blocks = False  # its representation is not one backbone pass over the image

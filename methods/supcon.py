@@ -23,6 +23,7 @@ CODE = "HobbitLong/SupContrast"
 
 class SupCon(Method):
     name = "supcon"
+    family = "contrastive"
     description = ("SupCon: SUPERVISED contrastive loss that uses the class labels (an upper bound, "
                    "not self-supervised); method.use_labels=false gives SimCLR's loss")
     source = "Khosla et al., Supervised Contrastive Learning, NeurIPS 2020"

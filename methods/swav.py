@@ -76,6 +76,7 @@ QUEUE = {
 
 class SwAV(Method):
     name = "swav"
+    family = "clustering"
     description = "SwAV: swapped prediction of Sinkhorn-Knopp prototype codes across multi-crop views"
     source = "Caron et al., Unsupervised Learning of Visual Features by Contrasting Cluster Assignments, NeurIPS 2020"
     recipes = {"default": DEFAULT, "queue": QUEUE}

@@ -18,6 +18,7 @@ CODE = "facebookresearch/vicreg main_vicreg.py"
 
 class VICReg(Method):
     name = "vicreg"
+    family = "redundancy reduction"
     description = "VICReg: invariance + variance + covariance regularisation of two views' embeddings"
     source = "Bardes, Ponce & LeCun, VICReg, ICLR 2022"
     recipes = {

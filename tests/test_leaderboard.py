@@ -223,27 +223,36 @@ def test_reevaluation_replaces_older_run(store_uri):
 
 
 def test_html_shows_rows_numbers_and_commands(store_uri, tmp_path):
+    import re
+
     page = build(store_uri, tmp_path / "site")
     assert page == tmp_path / "site" / "index.html"
-    html = page.read_text(encoding="utf-8")
-    assert "Suite: digits" in html and "Suite: imagenet" in html
-    assert ">rotation<" in html and ">cpc_v2<" in html
+    html = page.read_text(encoding="utf-8")  # no glyphs results: the first suite's home
+    assert "Suite: digits" in html
+    imagenet = next((tmp_path / "site").glob("suite-imagenet-*.html")).read_text(encoding="utf-8")
+    assert "Suite: imagenet" in imagenet and "<strong>40.0</strong>" in imagenet  # best is per suite
+    assert ">rotation</a>" in html and ">cpc_v2</a>" in html
     mean = statistics.mean(ROTATION_SEED_TOP1.values())
     std = statistics.stdev(ROTATION_SEED_TOP1.values())
     assert f"{mean:.1f}</strong>" not in html  # cpc_v2's 70.0 is the best there
-    assert f"{mean:.1f} <span" in html and f"± {std:.1f}" in html and "(n=3)" in html
+    assert f">{mean:.1f} <span" in html and f"± {std:.1f}" in html and "n=3" in html
     assert "<strong>70.0</strong>" in html
-    assert "<strong>40.0</strong>" in html  # best is per suite
-    assert "harness pretrain rotation --suite digits --seed 2" in html
-    assert "<details>" in html
-    assert "linear · moco · top1 (%) <span class=\"direction\">↑</span>" in html
+    # The home page shows headlines; every column of a protocol lives on its page.
+    assert '<span class="protocol">linear</span><span class="preset">moco</span><span class="name">top1 (%) ' \
+           '<span class="arrow">↑</span>' in html
+    linear = next((tmp_path / "site").glob("protocol-digits-linear-*.html")).read_text(encoding="utf-8")
+    assert ">top5 (%) " in linear
     # Ranked on the first headline column (knn · moco · top1): cpc_v2 has no value there, so
     # it comes last although it sorts first by name.
-    assert "Ranked by <code>knn · moco · top1</code>" in html
-    assert html.index("<td>rotation</td>") < html.index("<td>cpc_v2</td>")
+    assert "ranked by <code>knn · moco · top1</code>" in html
+    assert html.index(">rotation</a>") < html.index(">cpc_v2</a>")
     assert ">jigsaw<" not in html and "legacy" not in html  # undeclared results are not ranked
     assert store_uri in html
-    assert not any(ref in html for ref in ("src=", "href=", "url(", "@import"))  # self-contained
+    # Self-contained: every link and source is a file of the site.
+    for ref in re.findall(r'(?:src|href)="([^"]+)"', html):
+        assert "://" not in ref and (tmp_path / "site" / ref.split("#")[0]).exists(), ref
+    entry = next((tmp_path / "site").glob("entry-digits-rotation-*.html")).read_text(encoding="utf-8")
+    assert "harness pretrain rotation --suite digits --seed 2" in entry
     csv = pd.read_csv(tmp_path / "site" / "leaderboard.csv")
     assert len(csv) == 3 and LINEAR_MOCO in csv.columns
 
@@ -329,11 +338,13 @@ def test_a_lower_is_better_metric_is_bold_and_ranked_lowest_first(tmp_path):
     assert column_metrics(table)[label].metric.direction == LOWER
     assert table.set_index("method")[label].dropna().to_dict() == errors
 
-    html = build(uri, tmp_path / "site").read_text(encoding="utf-8")
-    assert f"{label} (%) <span class=\"direction\">↓</span>" in html
-    assert "<strong>10.0</strong>" in html and html.count("<strong>") == 2 + 2  # beta, epsilon; gamma's top1 and top5
+    build(uri, tmp_path / "site")
+    html = next((tmp_path / "site").glob("protocol-digits-corruption-*.html")).read_text(encoding="utf-8")
+    assert '<span class="name">error (%) <span class="arrow">↓</span>' in html
+    assert "<strong>10.0</strong>" in html and html.count("<strong>") == 2  # beta and epsilon
     assert "<strong>30.0</strong>" not in html
-    order = sorted(errors.keys() | {"gamma"}, key=lambda m: html.index(f"<td>{m}</td>"))
+    home = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    order = sorted(errors.keys() | {"gamma"}, key=lambda m: home.index(f">{m}</a>"))
     # Lowest error first; beta and epsilon tie and keep their key order; no value last.
     assert order == ["beta", "epsilon", "delta", "alpha", "gamma"]
     csv = pd.read_csv(tmp_path / "site" / "leaderboard.csv").set_index("method")
