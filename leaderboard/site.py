@@ -73,6 +73,7 @@ class Entry:
     slug: str
     runs: pd.DataFrame  # its counted eval runs
     cells: dict = field(default_factory=dict)  # column label -> {mean, std, n}
+    configs: int = 1  # distinct configs folded into the entry (seeds of one command are one)
 
     @property
     def title(self) -> str:
@@ -119,7 +120,7 @@ class SiteBuilder:
             cells = {label: {"mean": float(row[label]), "std": None if pd.isna(row[std_column(label)]) else float(row[std_column(label)]),
                              "n": int(row[n_column(label)])}
                      for label in self.columns if pd.notna(row[label])}
-            self.entries.append(Entry(key, "entry-" + safe_name(*key.values()), runs, cells))
+            self.entries.append(Entry(key, "entry-" + safe_name(*key.values()), runs, cells, int(row["configs"])))
 
     # -- pages -------------------------------------------------------------------------------------
     def build(self) -> Path:
@@ -179,7 +180,7 @@ class SiteBuilder:
         for e in entries:
             family = str(e.runs["method_family"].dropna().iloc[0]) if len(e.runs) and e.runs["method_family"].notna().any() else MISSING
             role = str(e.runs["baseline"].dropna().iloc[0]) if len(e.runs) and e.runs["baseline"].notna().any() else ""
-            rows.append({"key": e.key, "href": f"{e.slug}.html", "family": family, "baseline": role,
+            rows.append({"key": e.key, "href": f"{e.slug}.html", "family": family, "baseline": role, "configs": e.configs,
                          "cells": [self._cell(e, label, best[label]) for label in columns]})
         return rows
 
