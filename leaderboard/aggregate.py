@@ -101,7 +101,16 @@ def _declared_runs(runs: pd.DataFrame) -> pd.DataFrame:
     result or which direction is better, and guessing would rank some of them backwards.
     """
     texts = runs[DECLARATION_COLUMN] if DECLARATION_COLUMN in runs.columns else pd.Series(None, index=runs.index)
-    declarations = texts.map(lambda t: Declaration.from_json(t) if isinstance(t, str) else None)
+    parsed: dict[str, Declaration | None] = {}  # thousands of runs share a handful of declarations
+
+    def parse(text):
+        if not isinstance(text, str):
+            return None
+        if text not in parsed:
+            parsed[text] = Declaration.from_json(text)
+        return parsed[text]
+
+    declarations = texts.map(parse)
     return runs.assign(_declaration=declarations)[declarations.notna()]
 
 

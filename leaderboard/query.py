@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from types import SimpleNamespace
+
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities import LifecycleStage
 
 from harness import tags
 from leaderboard.store_sql import SqlStore, is_database
@@ -110,7 +110,15 @@ def _row(run) -> dict:
     return row
 
 
-def _experiment_id(client: MlflowClient) -> str | None:
+def MlflowClient(tracking_uri: str):  # noqa: N802 - imported on use: mlflow takes 1.4 s to import
+    from mlflow import MlflowClient as Client
+
+    return Client(tracking_uri=tracking_uri)
+
+
+def _experiment_id(client) -> str | None:
+    from mlflow.entities import LifecycleStage
+
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is None or experiment.lifecycle_stage == LifecycleStage.DELETED:
         return None
@@ -175,13 +183,15 @@ def _sql_rows(tracking_uri: str) -> list[dict]:
     wanted = {tag: column for column, tag in TAG_COLUMNS.items()}
     run_tags = store.tags(tags.STAGE, tags.STAGE_EVAL)
     run_tags = run_tags[run_tags["key"].isin(wanted)]
-    by_run: dict[str, dict] = {r: {} for r in runs["run_id"]}
-    for run_id, key, value in run_tags.itertuples(index=False):
+    by_run: dict[str, dict] = {r: {} for r in runs["run_id"].tolist()}
+    # Columns as Python lists (one conversion each), not row tuples of Arrow-backed strings.
+    for run_id, key, value in zip(*(run_tags[c].tolist() for c in ("run_id", "key", "value"))):
         by_run[run_id][wanted[key]] = value
-    for run_id, key, value in store.latest_metrics(tags.STAGE, tags.STAGE_EVAL).itertuples(index=False):
+    metrics = store.latest_metrics(tags.STAGE, tags.STAGE_EVAL)
+    for run_id, key, value in zip(*(metrics[c].tolist() for c in ("run_id", "key", "value"))):
         by_run[run_id][metric_column(key)] = value
     rows = []
-    for run_id, start, status, _ in runs.itertuples(index=False):
+    for run_id, start, status in zip(*(runs[c].tolist() for c in ("run_id", "start_time", "status"))):
         row = {column: None for column in TAG_COLUMNS}
         row.update(by_run[run_id])
         row.update(run_id=run_id, start_time=pd.Timestamp(int(start), unit="ms", tz="UTC"), status=status)
@@ -190,9 +200,21 @@ def _sql_rows(tracking_uri: str) -> list[dict]:
 
 
 def study_runs(tracking_uri: str) -> list:
-    """The finished study runs (stage ``study``), newest first."""
+    """The study runs (stage ``study``), newest first: objects with ``info.run_id``,
+    ``info.artifact_uri`` and ``data.tags``, as MLflow's client returns them."""
     if _missing_sqlite_file(tracking_uri):
         return []
+    if is_database(tracking_uri):
+        store = SqlStore(tracking_uri, EXPERIMENT_NAME)
+        if store.experiment_id is None:
+            return []
+        runs = store.runs(tags.STAGE, tags.STAGE_STUDY).sort_values("start_time", ascending=False)
+        all_tags = store.tags(tags.STAGE, tags.STAGE_STUDY)
+        by_run: dict[str, dict] = {}
+        for run_id, key, value in zip(*(all_tags[c].tolist() for c in ("run_id", "key", "value"))):
+            by_run.setdefault(run_id, {})[key] = value
+        return [SimpleNamespace(info=SimpleNamespace(run_id=r, artifact_uri=a), data=SimpleNamespace(tags=by_run.get(r, {})))
+                for r, a in zip(runs["run_id"].tolist(), runs["artifact_uri"].tolist())]
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = _experiment_id(client)
     if experiment_id is None:
@@ -213,12 +235,14 @@ def pretrain_runs(tracking_uri: str) -> dict[str, dict]:
             return {}
         out = {r: {"params": {}, "artifact_uri": a, "loss": []}
                for r, _, _, a in store.runs(tags.STAGE, pretrain).itertuples(index=False)}
-        for run_id, key, value in store.params(tags.STAGE, pretrain).itertuples(index=False):
+        params = store.params(tags.STAGE, pretrain)
+        for run_id, group in params.groupby("run_id", sort=False):
             if run_id in out:
-                out[run_id]["params"][key] = value
-        for run_id, _, value in store.history(tags.STAGE, pretrain, tags.TRAIN_LOSS).itertuples(index=False):
+                out[run_id]["params"] = dict(zip(group["key"], group["value"]))
+        history = store.history(tags.STAGE, pretrain, tags.TRAIN_LOSS)
+        for run_id, values in history.groupby("run_id", sort=False)["value"]:
             if run_id in out:
-                out[run_id]["loss"].append(float(value))
+                out[run_id]["loss"] = values.astype(float).tolist()
         return out
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = _experiment_id(client)

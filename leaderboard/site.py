@@ -71,7 +71,7 @@ class SiteWriter:
 class Entry:
     key: dict
     slug: str
-    runs: pd.DataFrame  # its counted eval runs
+    runs: list[dict]  # its counted eval runs (identity columns and declared metrics)
     cells: dict = field(default_factory=dict)  # column label -> {mean, std, n}
     configs: int = 1  # distinct configs folded into the entry (seeds of one command are one)
 
@@ -110,13 +110,24 @@ class SiteBuilder:
         self.table = leaderboard_table(self.runs)
         self.columns = column_metrics(self.table)
         self.counted = counted_runs(self.runs)
+        self.grid_columns = {c: (m["family"], m["row"], m["col"]) for c in self.counted.columns
+                             if (m := GRID_METRIC.match(str(c)))}
+        self.grid_means = self._grid_means()
+        declared = {m.name for d in self.counted.get("_declaration", pd.Series(dtype=object)) for m in d.metrics}
+        identity = {"_declaration", "seed", "protocol", "preset", "run_id", "parent_run_id", "git_commit", "git_dirty",
+                    "device", "dataset_hash", "slurm_job_id", "versions", "command", "method_family", "baseline"}
+        # Plain records, grouped per entry once: pages read them row by row, and a DataFrame
+        # row (hundreds of grid metrics wide, string columns in Arrow) costs far more to visit.
+        narrow = [c for c in self.counted.columns if c in declared | identity or c in KEY_COLUMNS]
+        by_key: dict[tuple, list[dict]] = {}
+        for rec in self.counted[narrow].astype(object).to_dict("records"):
+            by_key.setdefault(tuple(rec[c] for c in KEY_COLUMNS), []).append(rec)
         self.pretrain = pretrain_runs(self.uri)
         self.experiment = experiment_id(self.uri) if self.mlflow_ui else None
-        by_key = {k: g for k, g in self.counted.groupby(list(KEY_COLUMNS), sort=False)} if len(self.counted) else {}
         self.entries: list[Entry] = []
         for _, row in self.table.iterrows():
             key = {c: row[c] for c in KEY_COLUMNS}
-            runs = by_key.get(tuple(row[c] for c in KEY_COLUMNS), self.counted.iloc[0:0])
+            runs = by_key.get(tuple(row[c] for c in KEY_COLUMNS), [])
             cells = {label: {"mean": float(row[label]), "std": None if pd.isna(row[std_column(label)]) else float(row[std_column(label)]),
                              "n": int(row[n_column(label)])}
                      for label in self.columns if pd.notna(row[label])}
@@ -178,8 +189,8 @@ class SiteBuilder:
             best[label] = round(max(values) if c.metric.higher_is_better else min(values), DECIMALS) if values else None
         rows = []
         for e in entries:
-            family = str(e.runs["method_family"].dropna().iloc[0]) if len(e.runs) and e.runs["method_family"].notna().any() else MISSING
-            role = str(e.runs["baseline"].dropna().iloc[0]) if len(e.runs) and e.runs["baseline"].notna().any() else ""
+            family = next((str(r["method_family"]) for r in e.runs if _given(r.get("method_family"))), MISSING)
+            role = next((str(r["baseline"]) for r in e.runs if _given(r.get("baseline"))), "")
             rows.append({"key": e.key, "href": f"{e.slug}.html", "family": family, "baseline": role, "configs": e.configs,
                          "cells": [self._cell(e, label, best[label]) for label in columns]})
         return rows
@@ -256,30 +267,35 @@ class SiteBuilder:
 
     # -- entries -----------------------------------------------------------------------------------
     def _entry_page(self, entry: Entry, nav: list[dict]) -> None:
-        runs = entry.runs.sort_values(["protocol", "preset", "seed"], kind="stable")
+        runs = sorted(entry.runs, key=lambda r: (str(r["protocol"]), str(r["preset"]), _seed_order(r["seed"])))
         seeds = []
-        for _, run in runs.iterrows():
+        for run in runs:
             decl = run["_declaration"]
-            values = {m.name: float(run[m.name]) for m in decl.metrics if m.name in run and pd.notna(run[m.name])}
+            values = {m.name: float(run[m.name]) for m in decl.metrics if _given(run.get(m.name))}
             seeds.append({"seed": run["seed"], "protocol": run["protocol"], "preset": run["preset"],
                           "run_id": run["run_id"], "metrics": values,
                           "link": f"{self.mlflow_ui}/#/experiments/{self.experiment}/runs/{run['run_id']}"
                           if self.mlflow_ui and self.experiment else None})
-        parents = [p for p in dict.fromkeys(runs["parent_run_id"].dropna()) if p in self.pretrain]
+        parents = [p for p in dict.fromkeys(r["parent_run_id"] for r in runs if _given(r["parent_run_id"]))
+                   if p in self.pretrain]
         config, sources = self._config(parents)
-        provenance = []
-        for _, run in runs.drop_duplicates("seed").iterrows():
+        provenance, seen = [], set()
+        for run in runs:
+            if run["seed"] in seen:
+                continue
+            seen.add(run["seed"])
             provenance.append({"seed": run["seed"], "git_commit": run["git_commit"], "git_dirty": run["git_dirty"],
                                "device": run["device"], "dataset_hash": run["dataset_hash"],
                                "slurm_job_id": run["slurm_job_id"], "versions": _versions(run["versions"])})
-        curves = {f"seed {runs[runs['parent_run_id'] == p]['seed'].iloc[0]}": self.pretrain[p]["loss"]
-                  for p in parents if self.pretrain[p]["loss"]}
+        provenance.sort(key=lambda p: _seed_order(p["seed"]))
+        seed_of = {r["parent_run_id"]: r["seed"] for r in runs}
+        curves = {f"seed {seed_of[p]}": self.pretrain[p]["loss"] for p in parents if self.pretrain[p]["loss"]}
         figures = []
         if curves:
             rel = f"figures/{entry.slug}-loss.svg"
             self.out.text(rel, svg.loss_curves(curves, "pretraining loss"))
             figures.append({"src": rel, "label": "pretraining loss by step, one line per seed", "kind": "loss"})
-        figures += self._grid_figures(entry, runs)
+        figures += self._grid_figures(entry)
         claims = []
         for label, cell in entry.cells.items():
             protocol, preset, metric = _split_label(label)
@@ -289,13 +305,14 @@ class SiteBuilder:
                     claims.append({"label": label, "ours": _fmt(cell["mean"]),
                                    "std": None if cell["std"] is None else _fmt(cell["std"]), "n": cell["n"],
                                    **cmp, "claimed": _fmt(cmp["claimed"]), "difference": f"{cmp['difference']:+.{DECIMALS}f}"})
-        commands = list(dict.fromkeys(runs["command"].dropna()))
+        commands = list(dict.fromkeys(r["command"] for r in sorted(runs, key=lambda r: _seed_order(r["seed"]))
+                                      if _given(r["command"])))
         record = {"key": {k: str(v) for k, v in entry.key.items()}, "results": entry.cells,
                   "seeds": [{k: v for k, v in s.items() if k != "link"} for s in seeds], "config": config,
                   "config_sources": sources, "provenance": provenance, "commands": commands,
                   "claims": [{k: v for k, v in c.items()} for c in claims],
                   "loss": {k: v for k, v in curves.items()}}
-        self.out.text(f"data/{entry.slug}.json", json.dumps(record, indent=1, default=str, sort_keys=True))
+        self.out.text(f"data/{entry.slug}.json", json.dumps(record, default=str, sort_keys=True))
         metric_names = sorted({name for s in seeds for name in s["metrics"]})
         self.out.text(f"{entry.slug}.html", self._render(
             "entry.html", nav=nav, entry=entry, title_text=entry.title, seeds=seeds, metric_names=metric_names,
@@ -311,9 +328,8 @@ class SiteBuilder:
         run = self.pretrain[parents[0]]
         config = {k: v for k, v in run["params"].items() if k != "seed"}
         sources = {}
-        uri = run.get("artifact_uri") or ""
-        local = uri[len("file://"):] if uri.startswith("file://") else (uri if uri.startswith("/") else "")
-        if local and Path(local, "config.yaml").is_file():
+        local = _local_artifacts(run.get("artifact_uri") or "")
+        if local is not None and Path(local, "config.yaml").is_file():
             import yaml
 
             try:
@@ -324,15 +340,14 @@ class SiteBuilder:
                 pass
         return config, sources
 
-    def _grid_figures(self, entry: Entry, runs: pd.DataFrame) -> list[dict]:
+    def _grid_figures(self, entry: Entry) -> list[dict]:
         """Each <family>/<row>/<column> metric family of an eval (mean over seeds) as a heat map."""
         figures = []
-        for (protocol, preset), group in runs.groupby(["protocol", "preset"]):
+        for (protocol, preset), means in self.grid_means.get(tuple(entry.key.values()), {}).items():
             grids: dict[str, dict[str, dict[str, float]]] = {}
-            for c in group.columns:
-                m = GRID_METRIC.match(str(c))
-                if m and group[c].notna().any():
-                    grids.setdefault(m["family"], {}).setdefault(m["row"], {})[m["col"]] = float(group[c].mean())
+            for c, value in means.items():
+                family, row, col = self.grid_columns[c]
+                grids.setdefault(family, {}).setdefault(row, {})[col] = float(value)
             for family, rows in sorted(grids.items()):
                 cols = sorted({col for r in rows.values() for col in r}, key=lambda x: (len(x), x))
                 table = {row: [vals.get(col, math.nan) for col in cols] for row, vals in rows.items()}
@@ -342,12 +357,32 @@ class SiteBuilder:
                                                      f"(mean over seeds)", "kind": "grid"})
         return figures
 
+    def _grid_means(self) -> dict:
+        """(entry key) -> (protocol, preset) -> {grid column: mean over seeds}, in one grouped pass."""
+        if not self.grid_columns or self.counted.empty:
+            return {}
+        group_keys = [*KEY_COLUMNS, "protocol", "preset"]
+        means = self.counted[group_keys + list(self.grid_columns)].groupby(group_keys, sort=False).mean()
+        out: dict = {}
+        for index, row in zip(means.index, means.to_numpy()):
+            present = {c: v for c, v in zip(means.columns, row) if not math.isnan(v)}
+            if present:
+                out.setdefault(tuple(index[:len(KEY_COLUMNS)]), {})[tuple(index[len(KEY_COLUMNS):])] = present
+        return out
+
+    def _artifact(self, run, name: str) -> Path:
+        """A run's artifact: read in place from a local artifact store, else downloaded."""
+        local = _local_artifacts(getattr(run.info, "artifact_uri", "") or "")
+        if local is not None and (local / name).is_file():
+            return local / name
+        from mlflow.artifacts import download_artifacts
+
+        return Path(download_artifacts(run_id=run.info.run_id, artifact_path=name, tracking_uri=self.uri))
+
     # -- studies -----------------------------------------------------------------------------------
     def _studies(self) -> list[dict]:
         """Each architecture study re-rendered from its data (runs.csv): the report HTML it
         logged is never copied into the site."""
-        from mlflow.artifacts import download_artifacts
-
         from harness import tags
         from leaderboard.query import study_runs
         from leaderboard.study_report import write_report
@@ -359,8 +394,7 @@ class SiteBuilder:
             page = {"id": study_id, "href": None, "suite": t.get(tags.SUITE), "grid": t.get(tags.STUDY_GRID),
                     "metric": f"{t.get(tags.EVAL)} {t.get(tags.STUDY_METRIC)}"}
             try:
-                local = download_artifacts(run_id=run.info.run_id, artifact_path="runs.csv", tracking_uri=self.uri)
-                data = pd.read_csv(local)
+                data = pd.read_csv(self._artifact(run, "runs.csv"))
             except Exception:  # a study whose data is gone is listed as such, not fatal
                 pages.append(page)
                 continue
@@ -371,6 +405,24 @@ class SiteBuilder:
                                  higher_is_better=higher)
             pages.append({**page, "href": f"studies/{stem}/{paths['report'].name}"})
         return pages
+
+
+def _local_artifacts(uri: str) -> Path | None:
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    return Path(uri) if uri.startswith("/") else None
+
+
+def _given(value) -> bool:
+    """A value that was logged (not None / NaN)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _seed_order(seed) -> tuple:
+    try:
+        return (0, float(seed), str(seed))
+    except (TypeError, ValueError):
+        return (1, 0.0, str(seed))
 
 
 def _versions(text) -> dict:

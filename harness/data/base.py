@@ -4,8 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import default_loader
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torchvision is imported where data is read: `harness leaderboard build` needs none
+    from torchvision.datasets import ImageFolder
 
 
 def data_home() -> Path:
@@ -85,6 +87,9 @@ class Suite:
         return self.split("train", transform)
 
     def split(self, split: str, transform=None) -> ImageFolder:
+        from torchvision.datasets import ImageFolder
+        from torchvision.datasets.folder import default_loader
+
         root = self.prepare()
         loader = DecodedImageCache() if self.in_memory else default_loader
         ds = ImageFolder(str(root / split), transform=transform, loader=loader)
@@ -108,5 +113,7 @@ class DecodedImageCache:
     def __call__(self, path: str):
         img = self._images.get(path)
         if img is None:
+            from torchvision.datasets.folder import default_loader
+
             img = self._images[path] = default_loader(path)
         return img
