@@ -134,6 +134,18 @@ def _tiny_params(**extra) -> dict:
     return {**p, **extra}
 
 
+def test_fine_tuning_progress_writes_no_line_per_step_to_a_batch_log(scenes, capsys):
+    from harness.backbones import create_backbone
+    from evals.detection.torchvision_backend import train_and_predict
+
+    splits = voc_splits(scenes)
+    train_and_predict(create_backbone("resnet_small", width=0.25), splits.read("train"), splits.read("test")[:2],
+                      len(CLASSES), _tiny_params(max_iter=12, steps=[]), torch.device("cpu"), 0, "progress")
+    err = capsys.readouterr().err
+    # Not a terminal: the bar writes its first and last state, not one line per iteration.
+    assert err.count("detection progress") <= 3, err
+
+
 @pytest.mark.parametrize("fmt", ["voc", "coco"])
 @pytest.mark.parametrize("backbone", ["resnet_small", "vit_tiny", "alexnet"])
 def test_torchvision_backend_trains_and_predicts_on_both_layouts(scenes, fmt, backbone):

@@ -201,7 +201,7 @@ def train_and_predict(backbone: nn.Module, train: list[dict], test: list[dict], 
         loss.backward()
         opt.step()
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # a line per 30 s in batch logs, not per step
         if ckpt is not None and (it + 1) % every == 0 and it + 1 < iters:
             checkpoint.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it + 1,
                                     "order": torch.tensor(order, dtype=torch.int64),
