@@ -165,6 +165,13 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--suite", default=DEFAULT_SUITE, help="backbones: parameters and FLOPs at this suite's image size "
                                                       f"(default {DEFAULT_SUITE})")
 
+    new = sub.add_parser("new", help="write a plugin package skeleton (method, eval or backbone)",
+                         description="Writes harness-NAME/: a package with an entry point, a working placeholder "
+                                     "(marked TODO) and a test. `pip install -e harness-NAME` registers it.")
+    new.add_argument("kind", choices=["method", "eval", "backbone"])
+    new.add_argument("name", help="lower-case Python identifier, e.g. nnclr")
+    new.add_argument("--dir", default=".", help="where to write it (default: the current folder)")
+
     data = sub.add_parser("data", help="data commands")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     mc = data_sub.add_parser("make-corruptions", help="ImageNet-C's corruptions of a suite's val split, in ImageNet-C's layout",
@@ -388,6 +395,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_study(args, argv)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "new":
+            from harness.scaffold import new_plugin
+
+            root = new_plugin(args.kind, args.name, Path(args.dir))
+            print(f"[harness] wrote {root}; next: pip install -e {root} && harness list {args.kind}s && "
+                  f"pytest {root}")
+            return 0
         return cmd_leaderboard(args)
     except UsageError as e:
         print(f"harness: error: {e}", file=sys.stderr)

@@ -298,3 +298,18 @@ def test_a_suite_without_corrupted_sets_needs_a_data_root(tmp_path, monkeypatch,
     assert "eval.robustness.data_root=/nonexistent: no such folder" in capsys.readouterr().err
     assert main(["run", "--method", "rotation", "--eval", "robustness", "eval.robustness.corruptions=[fgo]"]) == 2
     assert "fgo" in capsys.readouterr().err
+
+
+def test_with_several_probe_layers_the_probe_layers_head_classifies():
+    from evals.robustness import probe_head
+
+    cfg = {"eval.linear.layers": [], "backbone.probe_layer": "pre_logits"}
+
+    class C(dict):
+        def get(self, k, d=None):
+            return dict.get(self, k, d)
+
+    assert probe_head(C(cfg)) == "probe"
+    assert probe_head(C({**cfg, "eval.linear.layers": ["block3", "pre_logits"]})) == "pre_logits"
+    assert probe_head(C({**cfg, "eval.linear.layers": ["block1", "block3"], "backbone.probe_layer": "block1"})) == "block1"
+    assert probe_head(C({**cfg, "eval.linear.layers": ["block1", "block3"]})) == "block3"  # the deepest trained

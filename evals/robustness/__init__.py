@@ -92,9 +92,6 @@ class Robustness(Evaluator):
 
             # A missing corruption or severity fails now, not after pretraining.
             read_release(registry.suites.get(cfg["suite.name"]).corruption_layout, p["data_root"], p["corruptions"])
-        if cfg.section("eval.linear")["layers"]:
-            raise UsageError("eval.robustness scores the linear probe at its read-out: expected eval.linear.layers=[] "
-                             f"(got {cfg['eval.linear.layers']})")
 
     # -- what a result is labelled and ranked by (known once run() chose the normaliser) ----
     @property
@@ -141,13 +138,14 @@ class Robustness(Evaluator):
         probe = LinearProbe(cfg, feature_cache=self.feature_cache)
         head, read, reused = probe.trained_head(method, suite, device, out_dir)
         method.eval()
+        key = probe_head(cfg)
         # One loader over every set: 96 small sets would otherwise pay a loader's start-up each.
         with torch.no_grad():
             loader = DataLoader(ConcatDataset(list(parts.values())), batch_size=int(p["batch_size"]),
                                 num_workers=int(cfg["data.num_workers"]))
             chunks = []
             for x, y in progress(loader, desc="robustness: clean + corrupted sets", unit="batch"):
-                pred = head["probe"](read(x.to(device))["probe"].float()).argmax(1).cpu()
+                pred = head[key](read(x.to(device))[key].float()).argmax(1).cpu()
                 chunks.append(pred != torch.as_tensor(y))
             wrong = torch.cat(chunks)
         errors, start = {}, 0
@@ -170,7 +168,8 @@ class Robustness(Evaluator):
         self.normalised_by = normaliser["kind"]
         metrics["images_per_set"] = float(len(parts[(sets.corruptions[0], 1)]))
         metrics["probe_reused"] = float(reused)
-        self.record = {"errors": model.to_dict(), "normalizer": normaliser, "probe": f"linear/{probe.preset}",
+        self.record = {"errors": model.to_dict(), "normalizer": normaliser,
+                       "probe": f"linear/{probe.preset}" + ("" if key == "probe" else f" ({key} head)"),
                        "probe_reused": reused, "corrupted_sets": sets.to_record(), "metrics": metrics}
         (out_dir / RECORD).write_text(json.dumps(self.record, indent=1, default=str) + "\n")
         from harness.plots import corruption_errors
@@ -224,6 +223,19 @@ class Robustness(Evaluator):
             return None, {"kind": UNNORMALIZED, "name": f"none: the AlexNet reference lacks {', '.join(missing)}"}
         return table, {"kind": HARNESS_ALEXNET, "run": chosen["run"], "config_hash": chosen["config_hash"],
                        "seed": chosen["seed"], "name": f"supervised AlexNet run {chosen['run']} (seed {chosen['seed']})"}
+
+
+def probe_head(cfg) -> str:
+    """Which of the linear eval's heads classifies: its single read-out head, or with several
+    layers (``eval.linear.layers``) the one at ``backbone.probe_layer`` when trained, else the
+    deepest one trained."""
+    from harness.backbones.readout import PROBE_LAYERS
+
+    layers = list(cfg["eval.linear.layers"])
+    if not layers:
+        return "probe"
+    probe_layer = cfg.get("backbone.probe_layer", "pre_logits")
+    return probe_layer if probe_layer in layers else max(layers, key=PROBE_LAYERS.index)
 
 
 def reference_dir(content_hash: str) -> Path:
