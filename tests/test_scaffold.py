@@ -1,20 +1,12 @@
 """`harness new`: the written plugin package installs, registers, passes its own test and runs."""
 import ast
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from harness.cli import main
-
-PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-
-
-def _harness(*args, cwd, env):
-    return subprocess.run([str(Path(sys.executable).with_name("harness")), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+from tests._plugins import harness, installed, pytest_in
 
 
 @pytest.mark.parametrize("kind,name", [("method", "foo"), ("eval", "nearest_mean"), ("backbone", "tiny_convnet")])
@@ -27,22 +19,16 @@ def test_a_new_plugin_installs_registers_passes_its_test_and_runs(kind, name, tm
     imported = {n.module.split(".")[0] for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name.split(".")[0] for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names}
     assert imported <= {"__future__", "ssl_harness", "torch"}, imported
-    install = subprocess.run([*PIP, "install", "--no-deps", "--no-build-isolation", "-e", str(root)],
-                             capture_output=True, text=True, timeout=600)
-    assert install.returncode == 0, install.stderr[-2000:]
-    try:
-        listed = _harness("list", f"{kind}s", cwd=tmp_path, env=env)
+    with installed(root, f"harness-{name}"):
+        listed = harness("list", f"{kind}s", cwd=tmp_path, env=env)
         assert listed.returncode == 0 and name in listed.stdout, listed.stderr[-2000:]
-        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
-                               cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        tests = pytest_in(root, env)
         assert tests.returncode == 0 and "2 passed" in tests.stdout, tests.stdout[-3000:]
         args = {"method": ["run", "--method", name], "eval": ["run", "--method", "rotation", "--eval", name],
                 "backbone": ["run", "--method", "rotation", "--backbone", name, "--eval", "knn"]}[kind]
-        run = _harness(*args, "--suite", "digits", "--epochs", "1", "data.train_subset=64", "train.batch_size=32",
-                       *(["--eval", "knn"] if kind == "method" else []), cwd=tmp_path, env=env)
+        run = harness(*args, "--suite", "digits", "--epochs", "1", "data.train_subset=64", "train.batch_size=32",
+                      *(["--eval", "knn"] if kind == "method" else []), cwd=tmp_path, env=env)
         assert run.returncode == 0, run.stderr[-3000:]
-    finally:
-        subprocess.run([*PIP, "uninstall", "-y", f"harness-{name}"], capture_output=True, timeout=300)
 
 
 def test_bad_or_taken_names_are_one_line_errors(tmp_path, capsys):
