@@ -138,14 +138,14 @@ class Robustness(Evaluator):
         probe = LinearProbe(cfg, feature_cache=self.feature_cache)
         head, read, reused = probe.trained_head(method, suite, device, out_dir)
         method.eval()
-        key = probe_head(cfg)
+        head_key = probe_head(cfg)
         # One loader over every set: 96 small sets would otherwise pay a loader's start-up each.
         with torch.no_grad():
             loader = DataLoader(ConcatDataset(list(parts.values())), batch_size=int(p["batch_size"]),
                                 num_workers=int(cfg["data.num_workers"]))
             chunks = []
             for x, y in progress(loader, desc="robustness: clean + corrupted sets", unit="batch"):
-                pred = head[key](read(x.to(device))[key].float()).argmax(1).cpu()
+                pred = head[head_key](read(x.to(device))[head_key].float()).argmax(1).cpu()
                 chunks.append(pred != torch.as_tensor(y))
             wrong = torch.cat(chunks)
         errors, start = {}, 0
@@ -169,7 +169,7 @@ class Robustness(Evaluator):
         metrics["images_per_set"] = float(len(parts[(sets.corruptions[0], 1)]))
         metrics["probe_reused"] = float(reused)
         self.record = {"errors": model.to_dict(), "normalizer": normaliser,
-                       "probe": f"linear/{probe.preset}" + ("" if key == "probe" else f" ({key} head)"),
+                       "probe": f"linear/{probe.preset}" + ("" if head_key == "probe" else f" ({head_key} head)"),
                        "probe_reused": reused, "corrupted_sets": sets.to_record(), "metrics": metrics}
         (out_dir / RECORD).write_text(json.dumps(self.record, indent=1, default=str) + "\n")
         from harness.plots import corruption_errors
