@@ -88,7 +88,7 @@ def evaluate(ctx: RunContext, name: str, method, final_state: dict) -> dict[str,
     cfg, folder, tracker, log = ctx.cfg, ctx.folder, ctx.tracker, ctx.log
     ev_cls = registry.evals.get(name)
     ev = ev_cls(cfg, feature_cache=folder.feature_cache)
-    declaration = ev.declaration()
+    declaration = _declaration(ev)
     cached = folder.eval_result(name)
     # A finished result keeps the label and headline it was recorded with (robustness's depend
     # on what its run found).
@@ -119,16 +119,22 @@ def evaluate(ctx: RunContext, name: str, method, final_state: dict) -> dict[str,
         reported = ev.run(method, ctx.suite, ctx.device, folder.eval_dir(name))
         # What run() found can change the label and the headline (robustness without a
         # normaliser reports unnormalised errors): the tracked run says so before its metrics.
-        declaration = ev.declaration()
+        declaration = _declaration(ev)
         metrics = declaration.check(name, reported)
         changed = {tags.PRESET: ev.preset, tags.METRICS: declaration.to_json()} if ev.preset != label else {}
-        tracker.set_tags(child, {**changed, **ev.result_tags()})
+        tracker.set_tags(child, {**changed, **(ev.result_tags() if hasattr(ev, 'result_tags') else {})})
         tracker.log_metrics(child, [(0, metrics)])
-        for path in ev.artifacts(folder.eval_dir(name)):
+        for path in (ev.artifacts(folder.eval_dir(name)) if hasattr(ev, "artifacts") else []):
             tracker.log_artifact(child, path)
     folder.write_eval_result(name, {"metrics": metrics, "protocol": ev_cls.protocol, "preset": ev.preset,
                                     "config_hash": cfg.hash, "declaration": declaration.to_dict()})
     return metrics
+
+
+def _declaration(ev) -> Declaration:
+    """The eval's declaration: its own (``Evaluator.declaration``), or, for a plugin eval that
+    does not subclass ``Evaluator``, its class's ``metrics`` and ``headline``."""
+    return ev.declaration() if hasattr(ev, "declaration") else Declaration.of(type(ev))
 
 
 @torch.no_grad()

@@ -93,7 +93,8 @@ def test_a_plugin_eval_with_a_lower_is_better_metric_runs_everywhere(plugin_eval
         summary = capsys.readouterr().out
         saved = RunFolder(out).results()
         # It ran under --eval all on a built-in suite that names no eval, beside the built-ins.
-        assert set(saved["results"]) == {"corruption_error", "knn", "linear", "linear_fast", "semi_supervised"}
+        assert set(saved["results"]) == {"corruption_error", "knn", "linear", "linear_fast", "semi_supervised",
+                                         "robustness"}
         errors[epochs] = saved["results"]["corruption_error"]["error"]
         assert saved["declarations"]["corruption_error"]["headline"] == "error"
         assert saved["declarations"]["corruption_error"]["metrics"][0]["direction"] == "lower"
@@ -105,11 +106,12 @@ def test_a_plugin_eval_with_a_lower_is_better_metric_runs_everywhere(plugin_eval
     html = (tmp_path / "site" / "index.html").read_text()
     assert "corruption_error · noise · error" in html and "↓" in html
     # Ranked by its headline, the lower error first; the bold best is the lower one too.
-    assert re.search(r"Ranked by <code>corruption_error · noise · error</code>", html)
-    rows = re.findall(r"<tr>\s*<td>rotation</td><td>resnet_small</td><td>[^<]*</td><td>(\d+)</td>(.*?)</tr>", html, re.S)
-    order = [int(epochs) for epochs, _ in rows]
+    assert "ranked by <code>corruption_error · noise · error</code>" in html
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+            for row in re.findall(r'<tr data-backbone="resnet_small"[^>]*>(.*?)</tr>', html, re.S)]
+    order = [int(cells[3].strip()) for cells in rows]  # method, backbone, width, epochs, ...
     assert order == sorted(errors, key=errors.get), (order, errors)
-    best = dict(rows)[str(min(errors, key=errors.get))]
+    best = {int(cells[3].strip()): cells[4] for cells in rows}[min(errors, key=errors.get)]
     assert f"<strong>{min(errors.values()):.1f}</strong>" in best
 
 
